@@ -1,0 +1,95 @@
+"""Dead letters: one row per failed job id; a repeated failure updates it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from db.models import FailedJob
+
+PAYLOAD_CAP_CHARS = 65_536
+
+
+@dataclass(frozen=True, slots=True)
+class FailureRecord:
+    job_id: str
+    function: str
+    queue_name: str
+    payload: str | None
+    error_code: str
+    error_message: str
+    tries: int
+
+
+def _storable(value: str) -> str:
+    # PostgreSQL text cannot hold NUL characters; keep them visible, escaped.
+    return value.replace("\x00", "\\u0000")
+
+
+async def record_failure(session: AsyncSession, failure: FailureRecord) -> None:
+    """Upsert a dead letter. Never commits."""
+    payload = None if failure.payload is None else _storable(failure.payload)
+    if payload is not None and len(payload) > PAYLOAD_CAP_CHARS:
+        payload = payload[:PAYLOAD_CAP_CHARS]
+    values = {
+        "job_id": failure.job_id,
+        "function": _storable(failure.function)[:200],
+        "queue_name": failure.queue_name,
+        "payload": payload,
+        "error_code": failure.error_code[:100],
+        "error_message": _storable(failure.error_message),
+        "tries": failure.tries,
+    }
+    statement = insert(FailedJob).values(values)
+    statement = statement.on_conflict_do_update(
+        index_elements=[FailedJob.job_id],
+        set_={
+            "function": statement.excluded.function,
+            "payload": statement.excluded.payload,
+            "error_code": statement.excluded.error_code,
+            "error_message": statement.excluded.error_message,
+            "tries": statement.excluded.tries,
+            "last_failed_at": statement.excluded.last_failed_at,
+        },
+    )
+    await session.execute(statement)
+
+
+async def list_failures(
+    session: AsyncSession, limit: int = 100, job_ids: Sequence[str] | None = None
+) -> list[FailedJob]:
+    query = select(FailedJob).order_by(FailedJob.last_failed_at.desc()).limit(limit)
+    if job_ids is not None:
+        query = query.where(FailedJob.job_id.in_(job_ids))
+    return list((await session.scalars(query)).all())
+
+
+async def failures_after(
+    session: AsyncSession, after_job_id: str, limit: int, job_ids: Sequence[str] | None = None
+) -> list[FailedJob]:
+    """Keyset pages by job id: replaying every failure never loads them all at once."""
+    query = (
+        select(FailedJob)
+        .where(FailedJob.job_id > after_job_id)
+        .order_by(FailedJob.job_id)
+        .limit(limit)
+    )
+    if job_ids is not None:
+        query = query.where(FailedJob.job_id.in_(job_ids))
+    return list((await session.scalars(query)).all())
+
+
+async def remove_failures(session: AsyncSession, job_ids: Sequence[str]) -> int:
+    result = await session.execute(delete(FailedJob).where(FailedJob.job_id.in_(job_ids)))
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def purge_failures(session: AsyncSession, older_than: timedelta) -> int:
+    cutoff = func.now() - older_than  # the database's clock, the one that stamped the rows
+    result = await session.execute(delete(FailedJob).where(FailedJob.last_failed_at < cutoff))
+    return int(result.rowcount)  # type: ignore[attr-defined]

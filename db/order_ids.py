@@ -1,0 +1,23 @@
+"""Every order id, a keyset page at a time: `totals --all` never holds all of them at once."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+PAGE_OF_IDS = text("SELECT id FROM orders WHERE id > :after ORDER BY id LIMIT :page_size")
+
+
+async def order_id_pages(engine: AsyncEngine, page_size: int) -> AsyncIterator[list[int]]:
+    """Pages in id order; each page is read on a connection held only for that query."""
+    after = 0
+    while True:
+        async with engine.connect() as connection:
+            rows = await connection.execute(PAGE_OF_IDS, {"after": after, "page_size": page_size})
+            page = list(rows.scalars())
+        if not page:
+            return
+        yield page
+        after = page[-1]

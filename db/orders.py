@@ -1,0 +1,141 @@
+"""Placing orders: validated in one round trip, written in the caller's single transaction."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import Row, bindparam, text
+from sqlalchemy.dialects.postgresql import ARRAY, INTEGER
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from db.totals import upsert_order_total
+
+
+class UnknownCustomerError(LookupError):
+    def __init__(self, customer_id: int) -> None:
+        super().__init__(f"customer {customer_id} does not exist")
+        self.customer_id = customer_id
+
+
+class IdempotencyConflictError(ValueError):
+    def __init__(self, idempotency_key: str) -> None:
+        super().__init__(f"idempotency key {idempotency_key!r} belongs to another customer's order")
+
+
+class UnknownItemsError(LookupError):
+    def __init__(self, item_ids: Sequence[int]) -> None:
+        listed = ", ".join(str(item_id) for item_id in item_ids)
+        super().__init__(f"items do not exist: {listed}")
+        self.item_ids = list(item_ids)
+
+
+@dataclass(frozen=True, slots=True)
+class OrderLine:
+    item_id: int
+    quantity: int
+
+
+@dataclass(frozen=True, slots=True)
+class PlacedOrder:
+    order_id: int
+    total: Decimal
+    created: bool
+
+
+LOOKUP = text(
+    """
+    WITH existing AS (
+        SELECT id, customer_id FROM orders
+        WHERE idempotency_key = :idempotency_key OR job_id = :job_id
+        LIMIT 1
+    )
+    SELECT
+        EXISTS (SELECT 1 FROM customer WHERE id = :customer_id) AS customer_exists,
+        ARRAY(SELECT id FROM item WHERE id = ANY(:item_ids)) AS known_items,
+        existing.id AS existing_order_id,
+        existing.customer_id AS existing_customer_id
+    FROM (SELECT 1) AS always_one_row LEFT JOIN existing ON true
+    """
+).bindparams(bindparam("item_ids", type_=ARRAY(INTEGER)))
+
+# A concurrent insert with the same key (or job) waits on the unique index, then does nothing.
+INSERT_ORDER = text(
+    """
+    INSERT INTO orders (customer_id, order_time, idempotency_key, job_id)
+    VALUES (:customer_id, now(), :idempotency_key, :job_id)
+    ON CONFLICT DO NOTHING
+    RETURNING id
+    """
+)
+
+INSERT_LINES = text(
+    """
+    INSERT INTO order_items (order_id, item_id, quantity)
+    SELECT :order_id, line.item_id, line.quantity
+    FROM unnest(CAST(:item_ids AS integer[]), CAST(:quantities AS integer[]))
+        AS line(item_id, quantity)
+    """
+).bindparams(
+    bindparam("item_ids", type_=ARRAY(INTEGER)), bindparam("quantities", type_=ARRAY(INTEGER))
+)
+
+
+async def place_order(
+    session: AsyncSession,
+    customer_id: int,
+    lines: Sequence[OrderLine],
+    idempotency_key: str | None,
+    job_id: str | None = None,
+) -> PlacedOrder:
+    """Insert an order, its lines and its total; a repeated idempotency key returns the first order,
+    and so does the same queue job run a second time.
+
+    Lines must already be validated (positive quantities, distinct items). Never commits.
+    """
+    item_ids = [line.item_id for line in lines]
+    params = {
+        "customer_id": customer_id,
+        "item_ids": item_ids,
+        "idempotency_key": idempotency_key,
+        "job_id": job_id,
+    }
+    found = (await session.execute(LOOKUP, params)).one()
+    if found.existing_order_id is not None:
+        return await _existing(session, found, customer_id, idempotency_key)
+    if not found.customer_exists:
+        raise UnknownCustomerError(customer_id)
+    unknown = sorted(set(item_ids) - set(found.known_items))
+    if unknown:
+        raise UnknownItemsError(unknown)
+
+    order_id = (await session.execute(INSERT_ORDER, params)).scalar_one_or_none()
+    if order_id is None:  # another producer placed it with this key a moment ago
+        found = (await session.execute(LOOKUP, params)).one()
+        return await _existing(session, found, customer_id, idempotency_key)
+
+    await session.execute(
+        INSERT_LINES,
+        {
+            "order_id": order_id,
+            "item_ids": item_ids,
+            "quantities": [line.quantity for line in lines],
+        },
+    )
+    total = await upsert_order_total(session, order_id)
+    assert total is not None  # inserted in this transaction
+    return PlacedOrder(order_id=int(order_id), total=total, created=True)
+
+
+async def _existing(
+    session: AsyncSession, found: Row[Any], customer_id: int, idempotency_key: str | None
+) -> PlacedOrder:
+    """The order a repeated key (or job) placed before; a key is never shared across customers."""
+    if found.existing_customer_id != customer_id:
+        raise IdempotencyConflictError(str(idempotency_key))
+    order_id = int(found.existing_order_id)
+    total = await upsert_order_total(session, order_id)
+    assert total is not None  # orders are never deleted by this service
+    return PlacedOrder(order_id=order_id, total=total, created=False)

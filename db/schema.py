@@ -1,0 +1,15 @@
+"""Which migration the database schema is at, without importing Alembic (a cheap check at start)."""
+
+from __future__ import annotations
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+
+async def current_revision(engine: AsyncEngine) -> str | None:
+    async with engine.connect() as connection:
+        exists = await connection.scalar(text("SELECT to_regclass('alembic_version') IS NOT NULL"))
+        if not exists:
+            return None
+        revision = await connection.scalar(text("SELECT version_num FROM alembic_version"))
+        return None if revision is None else str(revision)

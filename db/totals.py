@@ -1,0 +1,106 @@
+"""Set-based order totals: one statement computes, upserts and reports a whole list of orders."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+
+from sqlalchemy import bindparam, text
+from sqlalchemy.dialects.postgresql import ARRAY, BIGINT
+from sqlalchemy.ext.asyncio import AsyncSession
+
+ZERO = Decimal("0.00")
+
+# LEFT JOINs so an order with no lines totals 0.00 (never NULL). Rows are upserted in id order so
+# two workers writing overlapping chunks take row locks in the same order and cannot deadlock.
+UPSERT_TOTALS = text(
+    """
+    WITH requested AS (
+        SELECT DISTINCT unnest(CAST(:order_ids AS bigint[])) AS id
+    ), computed AS (
+        SELECT o.id AS order_id, COALESCE(SUM(i.price * oi.quantity), 0) AS total
+        FROM orders o
+        LEFT JOIN order_items oi ON oi.order_id = o.id
+        LEFT JOIN item i ON i.id = oi.item_id
+        WHERE o.id IN (SELECT id FROM requested)
+        GROUP BY o.id
+        ORDER BY o.id
+    ), upserted AS (
+        INSERT INTO order_totals (order_id, total, computed_at)
+        SELECT order_id, total, now() FROM computed
+        ON CONFLICT (order_id) DO UPDATE
+            SET total = EXCLUDED.total, computed_at = EXCLUDED.computed_at
+        RETURNING order_id, total
+    )
+    SELECT
+        (SELECT count(*) FROM upserted) AS computed,
+        (SELECT COALESCE(SUM(total), 0) FROM upserted) AS total_sum,
+        ARRAY(
+            SELECT id FROM requested WHERE id NOT IN (SELECT order_id FROM computed) ORDER BY id
+        ) AS missing
+    """
+).bindparams(bindparam("order_ids", type_=ARRAY(BIGINT)))
+
+# One order: the same computation without the list machinery (the per-order job's hot path).
+UPSERT_ONE_TOTAL = text(
+    """
+    INSERT INTO order_totals (order_id, total, computed_at)
+    SELECT o.id, COALESCE(SUM(i.price * oi.quantity), 0), now()
+    FROM orders o
+    LEFT JOIN order_items oi ON oi.order_id = o.id
+    LEFT JOIN item i ON i.id = oi.item_id
+    WHERE o.id = :order_id
+    GROUP BY o.id
+    ON CONFLICT (order_id) DO UPDATE
+        SET total = EXCLUDED.total, computed_at = EXCLUDED.computed_at
+    RETURNING total
+    """
+)
+
+SELECT_TOTALS = text(
+    "SELECT order_id, total FROM order_totals WHERE order_id = ANY(:order_ids)"
+).bindparams(bindparam("order_ids", type_=ARRAY(BIGINT)))
+
+
+@dataclass(frozen=True, slots=True)
+class TotalsOutcome:
+    computed: int
+    total_sum: Decimal
+    missing: list[int]
+
+    def __add__(self, other: TotalsOutcome) -> TotalsOutcome:
+        return TotalsOutcome(
+            computed=self.computed + other.computed,
+            total_sum=self.total_sum + other.total_sum,
+            missing=sorted(self.missing + other.missing),
+        )
+
+
+NOTHING = TotalsOutcome(computed=0, total_sum=ZERO, missing=[])
+
+
+async def upsert_totals(session: AsyncSession, order_ids: Sequence[int]) -> TotalsOutcome:
+    """Compute and store the totals of `order_ids`; unknown ids come back in `missing`.
+
+    Idempotent: running it again writes the same totals. Never commits.
+    """
+    if not order_ids:
+        return NOTHING
+    row = (await session.execute(UPSERT_TOTALS, {"order_ids": list(order_ids)})).one()
+    return TotalsOutcome(
+        computed=int(row.computed),
+        total_sum=Decimal(row.total_sum).quantize(ZERO),
+        missing=list(row.missing),
+    )
+
+
+async def upsert_order_total(session: AsyncSession, order_id: int) -> Decimal | None:
+    """The total of one order, stored; None if the order does not exist."""
+    total = (await session.execute(UPSERT_ONE_TOTAL, {"order_id": order_id})).scalar_one_or_none()
+    return None if total is None else Decimal(total)
+
+
+async def stored_totals(session: AsyncSession, order_ids: Sequence[int]) -> dict[int, Decimal]:
+    rows = await session.execute(SELECT_TOTALS, {"order_ids": list(order_ids)})
+    return {int(row.order_id): Decimal(row.total) for row in rows}
