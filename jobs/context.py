@@ -1,0 +1,37 @@
+"""The typed context arq hands to every job: resources built once per worker, plus the job's ids."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TypedDict
+
+from arq import ArqRedis
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+
+@dataclass(frozen=True, slots=True)
+class JobPolicy:
+    job_timeout_s: float
+    max_tries: int
+    retry_base_delay_s: float
+    retry_max_delay_s: float
+    subchunk_size: int
+
+
+class WorkerContext(TypedDict):
+    redis: ArqRedis
+    sessionmaker: async_sessionmaker[AsyncSession]
+    # Sessions in autocommit mode: for work that is a single statement (its own transaction).
+    single_statement_sessionmaker: async_sessionmaker[AsyncSession]
+    # Bounds concurrent database work across all jobs of this replica to the pool's size.
+    db_slots: asyncio.Semaphore
+    policy: JobPolicy
+
+
+class JobContext(WorkerContext):
+    job_id: str
+    job_try: int
+    enqueue_time: datetime
+    score: int

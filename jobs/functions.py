@@ -1,0 +1,118 @@
+"""The public jobs. Each opens its own AsyncSession; one transaction per unit of work."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+from arq.worker import Function, func
+from sqlalchemy.exc import DBAPIError
+
+from db import orders, totals
+from jobs.context import JobContext
+from jobs.errors import (
+    InvalidPayloadError,
+    JobError,
+    UnknownCustomerError,
+    UnknownItemError,
+    UnknownOrderError,
+    sqlstate,
+)
+from jobs.models import (
+    BatchTotalsResult,
+    ComputeBatchTotalsPayload,
+    ComputeOrderTotalPayload,
+    OrderTotalResult,
+    PlaceOrderPayload,
+)
+from jobs.runner import job_entry
+
+NUMERIC_OVERFLOW = "22003"
+MAX_TOTAL = "9999999999.99"  # order_totals.total is numeric(12, 2)
+
+
+async def place_order(ctx: JobContext, payload: PlaceOrderPayload) -> OrderTotalResult:
+    lines = [orders.OrderLine(line.item_id, line.quantity) for line in payload.items]
+    try:
+        async with ctx["db_slots"], ctx["sessionmaker"].begin() as session:
+            placed = await orders.place_order(
+                session, payload.customer_id, lines, payload.idempotency_key, ctx["job_id"]
+            )
+    except orders.UnknownCustomerError as error:
+        raise UnknownCustomerError(str(error)) from None
+    except orders.UnknownItemsError as error:
+        raise UnknownItemError(str(error)) from None
+    except orders.IdempotencyConflictError as error:
+        raise JobError(str(error), code="idempotency_conflict") from None
+    except DBAPIError as error:
+        if sqlstate(error) == NUMERIC_OVERFLOW:
+            raise InvalidPayloadError(f"order total exceeds {MAX_TOTAL}") from None
+        raise
+    return OrderTotalResult(order_id=placed.order_id, total=placed.total)
+
+
+async def compute_order_total(
+    ctx: JobContext, payload: ComputeOrderTotalPayload
+) -> OrderTotalResult:
+    async with ctx["db_slots"], ctx["single_statement_sessionmaker"]() as session:
+        total = await totals.upsert_order_total(session, payload.order_id)
+    if total is None:
+        raise UnknownOrderError(f"order {payload.order_id} does not exist")
+    return OrderTotalResult(order_id=payload.order_id, total=total)
+
+
+async def compute_batch_totals(
+    ctx: JobContext, payload: ComputeBatchTotalsPayload
+) -> BatchTotalsResult:
+    size = ctx["policy"].subchunk_size
+    # A repeated id would otherwise be summed once per sub-chunk it lands in.
+    order_ids = list(dict.fromkeys(payload.order_ids))
+    subchunks = [order_ids[start : start + size] for start in range(0, len(order_ids), size)]
+    async with asyncio.TaskGroup() as group:
+        tasks = [group.create_task(_upsert_subchunk(ctx, ids)) for ids in subchunks]
+    outcome = sum((task.result() for task in tasks), start=totals.NOTHING)
+    return BatchTotalsResult(
+        batch_id=payload.batch_id or ctx["job_id"],
+        computed=outcome.computed,
+        missing=outcome.missing,
+        total_sum=outcome.total_sum,
+    )
+
+
+async def _upsert_subchunk(ctx: JobContext, order_ids: Sequence[int]) -> totals.TotalsOutcome:
+    # Its own session (never shared between tasks); one statement, so its own transaction.
+    async with ctx["db_slots"], ctx["single_statement_sessionmaker"]() as session:
+        return await totals.upsert_totals(session, order_ids)
+
+
+ARQ_TIMEOUT_MARGIN_S = 2.0
+
+
+def registry(job_timeout_s: float, max_tries: int) -> list[Function]:
+    """The one explicit list of jobs a worker runs, under their public names.
+
+    arq's own timeout sits just above the job's so the job's (retryable) timeout fires first. arq
+    keeps a started job's in-progress key for its timeout + 10 s: that is how long a job of a
+    killed replica waits before another replica runs it.
+    """
+    arq_timeout = job_timeout_s + ARQ_TIMEOUT_MARGIN_S
+    return [
+        func(
+            job_entry("place_order", PlaceOrderPayload, place_order),  # type: ignore[arg-type]
+            name="place_order",
+            timeout=arq_timeout,
+            max_tries=max_tries,
+        ),
+        func(
+            job_entry("compute_order_total", ComputeOrderTotalPayload, compute_order_total),  # type: ignore[arg-type]
+            name="compute_order_total",
+            timeout=arq_timeout,
+            max_tries=max_tries,
+        ),
+        func(
+            job_entry("compute_batch_totals", ComputeBatchTotalsPayload, compute_batch_totals),  # type: ignore[arg-type]
+            name="compute_batch_totals",
+            timeout=arq_timeout,
+            max_tries=max_tries,
+        ),
+    ]

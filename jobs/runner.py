@@ -1,0 +1,90 @@
+"""Wraps each job: validates its payload, classifies failures, retries transient ones with backoff,
+and logs one summary line per run."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar, cast
+
+import structlog
+from arq import Retry
+from pydantic import BaseModel, ValidationError
+
+from jobs.context import JobContext, JobPolicy
+from jobs.errors import InvalidPayloadError, JobError, RetriesExhaustedError, describe, is_transient
+
+log = structlog.get_logger("orderworker.jobs")
+
+PayloadT = TypeVar("PayloadT", bound=BaseModel)
+JobBody = Callable[[JobContext, PayloadT], Awaitable[BaseModel]]
+JobEntry = Callable[..., Awaitable[dict[str, Any]]]
+
+
+def backoff_delay(policy: JobPolicy, job_try: int) -> float:
+    """Exponential backoff with full jitter: uniform in [0, min(cap, base * 2^(try-1))]."""
+    ceiling = min(policy.retry_max_delay_s, policy.retry_base_delay_s * 2 ** (job_try - 1))
+    return random.uniform(0, ceiling)
+
+
+def validation_message(error: ValidationError) -> str:
+    parts = []
+    for problem in error.errors(include_url=False, include_input=False):
+        where = ".".join(str(part) for part in problem["loc"]) or "payload"
+        parts.append(f"{where}: {problem['msg']}")
+    return "; ".join(parts)
+
+
+def job_entry(name: str, payload_model: type[PayloadT], body: JobBody[PayloadT]) -> JobEntry:
+    """The coroutine arq calls: keyword arguments in, a JSON-ready result dict out."""
+
+    async def entry(ctx: dict[str, Any], *args: Any, **kwargs: Any) -> dict[str, Any]:
+        job_ctx = cast(JobContext, ctx)
+        policy = job_ctx["policy"]
+        started = time.perf_counter()
+        structlog.contextvars.bind_contextvars(
+            job_id=job_ctx["job_id"], job=name, job_try=job_ctx["job_try"]
+        )
+        try:
+            if args:
+                raise InvalidPayloadError("positional arguments are not accepted; use keywords")
+            try:
+                payload = payload_model.model_validate(kwargs)
+            except ValidationError as error:
+                raise InvalidPayloadError(validation_message(error)) from None
+            async with asyncio.timeout(policy.job_timeout_s):
+                result = await body(job_ctx, payload)
+        except JobError as error:
+            log.warning("job.failed", **describe(error), duration_ms=_ms_since(started))
+            raise
+        except Exception as error:
+            if not is_transient(error):
+                log.exception("job.crashed", **describe(error), duration_ms=_ms_since(started))
+                raise
+            if job_ctx["job_try"] >= policy.max_tries:
+                log.warning("job.gave_up", **describe(error), duration_ms=_ms_since(started))
+                raise RetriesExhaustedError(
+                    f"gave up after {job_ctx['job_try']} tries: {describe(error)['message']}"
+                ) from error
+            delay = backoff_delay(policy, job_ctx["job_try"])
+            log.warning(
+                "job.retrying",
+                **describe(error),
+                retry_in_s=round(delay, 3),
+                duration_ms=_ms_since(started),
+            )
+            raise Retry(defer=delay) from error
+        else:
+            log.info("job.done", duration_ms=_ms_since(started))
+            return result.model_dump(mode="json")
+        finally:
+            structlog.contextvars.unbind_contextvars("job_id", "job", "job_try")
+
+    entry.__name__ = entry.__qualname__ = name
+    return entry
+
+
+def _ms_since(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 2)
