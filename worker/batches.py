@@ -1,0 +1,142 @@
+"""Batch totals from the producer's side: split ids into chunk jobs, enqueue them pipelined, follow
+their results and sum them up. Shared by `orderworker totals` and `orderworker demo`."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from jobs.client import JobRequest, OrderClient, new_batch_id
+from jobs.connection import REDIS_ERRORS
+
+ZERO = Decimal("0.00")
+POLL_INTERVAL_S = 0.1
+POLL_WINDOW = 1000  # chunk results read per poll
+ENQUEUE_IDS = 50_000  # order ids buffered per pipelined flush while paging
+
+
+@dataclass(slots=True)
+class BatchSummary:
+    batch_id: str
+    requested: int = 0
+    computed: int = 0
+    missing: list[int] = field(default_factory=list)
+    failed: list[dict[str, Any]] = field(default_factory=list)
+    total_sum: Decimal = ZERO
+    jobs: int = 0
+    finished_jobs: int = 0
+    elapsed_s: float = 0.0
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "batch_id": self.batch_id,
+            "requested": self.requested,
+            "computed": self.computed,
+            "missing": sorted(self.missing),
+            "failed": self.failed,
+            "total_sum": f"{self.total_sum:.2f}",
+        }
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+Progress = Callable[[BatchSummary], None]
+
+
+def chunk_job_id(batch_id: str, index: int) -> str:
+    # Deterministic ids: a chunk enqueued twice is one job, and its result is found by name.
+    return f"totals:{batch_id}:{index}"
+
+
+def chunked(order_ids: Iterable[int], chunk_size: int) -> Iterator[list[int]]:
+    chunk: list[int] = []
+    for order_id in order_ids:
+        chunk.append(order_id)
+        if len(chunk) >= chunk_size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+class BatchRun:
+    """One batch: submit its chunks, then wait for every chunk's result."""
+
+    def __init__(self, client: OrderClient, batch_id: str | None = None) -> None:
+        self.client = client
+        self.summary = BatchSummary(batch_id=batch_id or new_batch_id())
+        self._pending: dict[str, list[int] | int] = {}
+        self._started = time.monotonic()
+
+    async def submit_chunks(self, chunks: Iterable[list[int]]) -> None:
+        requests = []
+        for chunk in chunks:
+            requests.append(self._request(chunk))
+        await self.client.enqueue_many(requests)
+
+    async def submit_pages(self, pages: AsyncIterator[list[int]]) -> None:
+        """Enqueue pages as they arrive; with --all the ids are never all held at once."""
+        requests: list[JobRequest] = []
+        buffered = 0
+        async for page in pages:
+            requests.append(self._request(page))
+            buffered += len(page)
+            if buffered >= ENQUEUE_IDS:
+                await self.client.enqueue_many(requests)
+                requests, buffered = [], 0
+        if requests:
+            await self.client.enqueue_many(requests)
+
+    def _request(self, chunk: list[int]) -> JobRequest:
+        job_id = chunk_job_id(self.summary.batch_id, self.summary.jobs)
+        self.summary.jobs += 1
+        self.summary.requested += len(chunk)
+        # Keep the ids only for small chunks (to report them if the chunk fails); else the count.
+        self._pending[job_id] = chunk if len(chunk) <= 100 else len(chunk)
+        return JobRequest(
+            function="compute_batch_totals",
+            kwargs={"order_ids": chunk, "batch_id": self.summary.batch_id},
+            job_id=job_id,
+        )
+
+    async def wait(self, progress: Progress | None = None, timeout_s: float | None = None) -> None:
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while self._pending:
+            try:
+                # Chunks finish roughly in submission order: look at the oldest ones only.
+                window = list(itertools.islice(self._pending, POLL_WINDOW))
+                finished = await self.client.outcomes(window)
+            except REDIS_ERRORS:
+                finished = {}  # Redis restarting: the results are still coming, keep polling
+            for job_id, outcome in finished.items():
+                chunk = self._pending.pop(job_id)
+                self.summary.finished_jobs += 1
+                if outcome.success:
+                    self.summary.computed += int(outcome.result["computed"])
+                    self.summary.missing.extend(outcome.result["missing"])
+                    self.summary.total_sum += Decimal(outcome.result["total_sum"])
+                else:
+                    where: dict[str, Any] = (
+                        {"order_ids": chunk} if isinstance(chunk, list) else {"job_id": job_id}
+                    )
+                    self.summary.failed.append({**where, "error": outcome.result})
+            self.summary.elapsed_s = time.monotonic() - self._started
+            if progress is not None:
+                progress(self.summary)
+            if not self._pending:
+                break
+            if deadline is not None and time.monotonic() >= deadline:
+                for job_id in self._pending:
+                    self.summary.failed.append(
+                        {"job_id": job_id, "error": {"code": "timeout", "message": "not finished"}}
+                    )
+                self._pending.clear()
+                break
+            await asyncio.sleep(POLL_INTERVAL_S)

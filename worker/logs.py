@@ -1,0 +1,87 @@
+"""structlog set up once at process start: JSON off a TTY, console on one; stdlib loggers (arq,
+SQLAlchemy, Alembic) routed through the same processors so every line has one shape."""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from typing import Any, Literal, TextIO
+
+import structlog
+from structlog.typing import EventDict, Processor
+
+PASSWORD_IN_URL = re.compile(r"(://[^:/@\s]*:)[^@\s]+@")
+SECRET_KEYS = ("password", "secret", "token", "database_url", "redis_url")
+
+
+def redact_secrets(_: Any, __: str, event_dict: EventDict) -> EventDict:
+    """Passwords never reach a log line: neither inside URLs nor under a secret-sounding key."""
+    for key, value in event_dict.items():
+        if any(secret in key.lower() for secret in SECRET_KEYS):
+            event_dict[key] = "***"
+        elif isinstance(value, str) and "://" in value:
+            event_dict[key] = PASSWORD_IN_URL.sub(r"\1***@", value)
+    return event_dict
+
+
+class WithoutArqJobFailures(logging.Filter):
+    """The job runner logs one line per job (with a traceback only for real crashes); arq's own
+    copy of every failure, at ERROR with a traceback, would be a second and alarming one."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and " failed, " in record.getMessage())
+
+
+def configure_logging(
+    level: str = "INFO",
+    log_format: Literal["auto", "json", "console"] = "auto",
+    stream: TextIO | None = None,
+) -> None:
+    stream = stream or sys.stderr
+    as_json = log_format == "json" or (log_format == "auto" and not stream.isatty())
+    shared: list[Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        redact_secrets,
+    ]
+    renderer: Processor
+    if as_json:
+        renderer = structlog.processors.JSONRenderer()
+        # Tracebacks as data, without local variables: they would hold payloads and contexts.
+        shared.append(
+            structlog.processors.ExceptionRenderer(
+                structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+            )
+        )
+    else:
+        renderer = structlog.dev.ConsoleRenderer(colors=stream.isatty())
+    structlog.configure(
+        processors=[
+            *shared[:1],
+            structlog.stdlib.filter_by_level,
+            *shared[1:],
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[structlog.stdlib.ExtraAdder(), *shared],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+    )
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # arq logs every job start and end; our own one summary line per job is enough.
+    arq_worker = logging.getLogger("arq.worker")
+    arq_worker.setLevel(max(logging.WARNING, logging.getLevelName(level)))
+    if not any(isinstance(known, WithoutArqJobFailures) for known in arq_worker.filters):
+        arq_worker.addFilter(WithoutArqJobFailures())
+    for chatty in ("sqlalchemy.engine", "alembic.runtime.plugins", "pgserver"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)

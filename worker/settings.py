@@ -1,0 +1,162 @@
+"""Typed settings: built-in defaults < settings.toml < ORDERWORKER_* environment variables."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+from sqlalchemy import make_url
+
+from jobs.connection import redis_settings_from_url
+
+ENV_PREFIX = "ORDERWORKER_"
+SETTINGS_FILE_VARIABLE = "ORDERWORKER_SETTINGS_FILE"
+DEFAULT_SETTINGS_FILE = "settings.toml"
+
+
+class Section(BaseModel):
+    # A misspelt key in settings.toml or the environment is an error, not a silent default.
+    model_config = ConfigDict(extra="forbid")
+
+
+class DatabasePoolSettings(Section):
+    pool_size: int = Field(default=20, ge=1, le=100)
+    max_overflow: int = Field(default=0, ge=0, le=100)
+    pool_timeout_s: float = Field(default=10.0, gt=0)
+    # PgBouncer in transaction mode cannot keep server-side prepared statements: set to 0 there.
+    statement_cache_size: int = Field(default=100, ge=0)
+    connect_timeout_s: float = Field(default=10.0, gt=0)
+
+
+class WorkerTuning(Section):
+    concurrency: int = Field(default=20, ge=1, le=1000)
+    poll_delay_s: float = Field(default=0.05, gt=0, le=10)
+    job_timeout_s: float = Field(default=10.0, gt=0, le=600)
+    max_tries: int = Field(default=5, ge=1, le=100)
+    retry_base_delay_s: float = Field(default=0.5, gt=0)
+    retry_max_delay_s: float = Field(default=30.0, gt=0)
+    health_interval_s: float = Field(default=5.0, gt=0, le=60)
+    shutdown_grace_s: float = Field(default=25.0, ge=0)
+    keep_result_s: int = Field(default=3600, ge=1)
+    max_payload_bytes: int = Field(default=1_048_576, ge=1024)
+
+
+class TotalsSettings(Section):
+    chunk_size: int = Field(default=5000, ge=1, le=100_000)
+    subchunk_size: int = Field(default=1000, ge=1, le=100_000)
+
+
+class LogSettings(Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["auto", "json", "console"] = "auto"
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+    )
+
+    database_url: SecretStr | None = None
+    redis_url: SecretStr | None = None
+    queue_name: str = Field(default="arq:queue", min_length=1)
+    database: DatabasePoolSettings = DatabasePoolSettings()
+    worker: WorkerTuning = WorkerTuning()
+    totals: TotalsSettings = TotalsSettings()
+    log: LogSettings = LogSettings()
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_scheme(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return value
+        url = value.get_secret_value()
+        if not url.startswith("postgresql+asyncpg://"):
+            raise ValueError("must start with postgresql+asyncpg://")
+        try:
+            make_url(url).port  # noqa: B018 - parsing is the check; a bad port raises
+        except ValueError:
+            raise ValueError("not a valid URL (check the host and port)") from None
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: SecretStr | None) -> SecretStr | None:
+        schemes = ("redis://", "rediss://", "redis+sentinel://", "unix://")
+        if value is None:
+            return value
+        if not value.get_secret_value().startswith(schemes):
+            raise ValueError("must start with one of " + ", ".join(schemes))
+        try:
+            redis_settings_from_url(value.get_secret_value())
+        except ValueError:
+            raise ValueError("not a valid URL (check the host, port and database)") from None
+        return value
+
+    def database_dsn(self) -> str:
+        """The database URL, password included: for the engine only, never for display."""
+        return _required(self.database_url, "ORDERWORKER_DATABASE_URL")
+
+    def redis_dsn(self) -> str:
+        """The Redis URL, password included: for the client only, never for display."""
+        return _required(self.redis_url, "ORDERWORKER_REDIS_URL")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_file = Path(os.environ.get(SETTINGS_FILE_VARIABLE, DEFAULT_SETTINGS_FILE))
+        # Earlier sources win: explicit arguments, then the environment, then the file.
+        return (
+            init_settings,
+            env_settings,
+            file_secret_settings,
+            TomlConfigSettingsSource(settings_cls, toml_file=toml_file),
+        )
+
+
+def _required(url: SecretStr | None, name: str) -> str:
+    if url is None:
+        raise SettingsError(f"{name} not set (see settings.toml or the README)")
+    return url.get_secret_value()
+
+
+class SettingsError(Exception):
+    """A setting is invalid; the message names it in one line."""
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Load settings, turning pydantic's multi-line report into one line naming the setting."""
+    settings_file = Path(os.environ.get(SETTINGS_FILE_VARIABLE, DEFAULT_SETTINGS_FILE))
+    if SETTINGS_FILE_VARIABLE in os.environ and not settings_file.is_file():
+        raise SettingsError(f"{SETTINGS_FILE_VARIABLE}: no such file: {settings_file}")
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as error:
+        first = error.errors()[0]
+        path = [str(part) for part in first["loc"]]
+        name = ENV_PREFIX + "__".join(path).upper()
+        given = first.get("input")
+        shown = "" if "url" in name.lower() or isinstance(given, dict) else f" (got {given!r})"
+        raise SettingsError(f"invalid setting {name}: {first['msg']}{shown}") from None
+    except ValueError as error:  # e.g. a malformed settings.toml
+        raise SettingsError(f"invalid settings file {settings_file}: {error}") from None
