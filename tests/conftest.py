@@ -1,0 +1,285 @@
+"""Shared fixtures. Integration tests run against real servers: ORDERWORKER_TEST_DATABASE_URL and
+ORDERWORKER_TEST_REDIS_URL when set (CI), otherwise a private local stack started for the session.
+Every test that asks for `database_url` gets a database of its own, cloned from a migrated template.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import SecretStr
+from redis.asyncio import Redis
+from sqlalchemy import make_url, text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from db.engine import create_engine, create_sessionmaker
+from db.migrate import upgrade_to_head
+from db.seed import load_sample
+from jobs.client import OrderClient
+from jobs.connection import redis_settings_from_url
+from worker.localstack import LocalStack
+from worker.replica import OrderWorker
+from worker.settings import Settings
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEADLINE_S = 30.0
+
+
+@dataclass(frozen=True)
+class Servers:
+    admin_database_url: str
+    redis_url: str
+
+
+async def _check_reachable(database_url: str, redis_url: str) -> None:
+    engine = create_engine(database_url, connect_timeout_s=5)
+    try:
+        async with engine.connect() as connection:
+            await connection.execute(text("SELECT 1"))
+    finally:
+        await engine.dispose()
+    redis = Redis.from_url(redis_url, socket_connect_timeout=5)
+    try:
+        await redis.ping()
+    finally:
+        await redis.aclose()
+
+
+@pytest.fixture(scope="session")
+async def servers() -> AsyncIterator[Servers]:
+    database_url = os.environ.get("ORDERWORKER_TEST_DATABASE_URL")
+    redis_url = os.environ.get("ORDERWORKER_TEST_REDIS_URL")
+    if database_url and redis_url:
+        try:
+            await _check_reachable(database_url, redis_url)
+        except Exception as error:  # a configured server that is down is a failure, never a skip
+            pytest.fail(f"test servers unreachable: {type(error).__name__}: {error}", pytrace=False)
+        yield Servers(database_url, redis_url)
+        return
+    stack = LocalStack(name="tests")
+    urls = await asyncio.to_thread(stack.start)
+    try:
+        yield Servers(urls.database_url, urls.redis_url)
+    finally:
+        await asyncio.to_thread(stack.stop)
+
+
+def database_url_named(url: str, name: str) -> str:
+    return make_url(url).set(database=name).render_as_string(hide_password=False)
+
+
+async def admin_execute(admin_database_url: str, *statements: str) -> None:
+    """Run statements outside a transaction (CREATE/DROP DATABASE) on an admin connection."""
+    engine = create_engine(admin_database_url)
+    try:
+        async with engine.connect() as connection:
+            autocommit = await connection.execution_options(isolation_level="AUTOCOMMIT")
+            for statement in statements:
+                await autocommit.execute(text(statement))
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture(scope="session")
+async def template_database(servers: Servers) -> AsyncIterator[str]:
+    name = f"orderworker_template_{os.getpid()}"
+    await admin_execute(
+        servers.admin_database_url, f"DROP DATABASE IF EXISTS {name}", f"CREATE DATABASE {name}"
+    )
+    engine = create_engine(database_url_named(servers.admin_database_url, name))
+    try:
+        await upgrade_to_head(engine)
+    finally:
+        await engine.dispose()
+    yield name
+    await admin_execute(servers.admin_database_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture
+async def database_url(servers: Servers, template_database: str) -> AsyncIterator[str]:
+    """A fresh, migrated, empty database for this test only."""
+    name = f"orderworker_test_{uuid.uuid4().hex[:12]}"
+    await admin_execute(
+        servers.admin_database_url, f"CREATE DATABASE {name} TEMPLATE {template_database}"
+    )
+    yield database_url_named(servers.admin_database_url, name)
+    await admin_execute(servers.admin_database_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture
+async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(database_url, pool_size=5)
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture
+def sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    return create_sessionmaker(engine)
+
+
+@pytest.fixture
+async def seeded(sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+    """The seed service's sample data: orders 1, 2, 3 total 30.00, 12.00 and 0.00."""
+    async with sessionmaker.begin() as session:
+        await load_sample(session)
+
+
+@pytest.fixture
+def redis_url(servers: Servers) -> str:
+    return servers.redis_url
+
+
+@pytest.fixture
+def queue_name() -> str:
+    """A queue of this test's own: replicas and jobs of other tests never see it."""
+    return f"test:{uuid.uuid4().hex[:12]}:queue"
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[Redis]:
+    client = Redis.from_url(redis_url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def settings(database_url: str, redis_url: str, queue_name: str) -> Settings:
+    """Fast polling and short retry delays, so tests finish quickly."""
+    return Settings(
+        database_url=SecretStr(database_url),
+        redis_url=SecretStr(redis_url),
+        queue_name=queue_name,
+        worker={  # type: ignore[arg-type]
+            "poll_delay_s": 0.01,
+            "health_interval_s": 0.5,
+            "retry_base_delay_s": 0.01,
+            "retry_max_delay_s": 0.05,
+            "shutdown_grace_s": 5,
+        },
+        totals={"chunk_size": 100, "subchunk_size": 25},  # type: ignore[arg-type]
+    )
+
+
+@pytest.fixture
+async def client(redis_url: str, queue_name: str) -> AsyncIterator[OrderClient]:
+    client = await OrderClient.connect(redis_settings_from_url(redis_url), queue_name)
+    yield client
+    await client.close()
+
+
+StartWorker = Callable[..., Awaitable[OrderWorker]]
+
+
+@pytest.fixture
+async def start_worker(settings: Settings) -> AsyncIterator[StartWorker]:
+    """Start in-process worker replicas (real arq workers, real connections); stopped after."""
+    running: list[tuple[OrderWorker, asyncio.Task[None]]] = []
+
+    async def start(**overrides: Any) -> OrderWorker:
+        worker_settings = settings.model_copy(update=overrides) if overrides else settings
+        worker = OrderWorker(worker_settings, max_jobs=worker_settings.worker.concurrency)
+        task = asyncio.create_task(worker.async_run())
+        running.append((worker, task))
+        await poll_until(lambda: worker.ctx.get("sessionmaker") is not None, "worker startup")
+        return worker
+
+    yield start
+    for worker, task in running:
+        if not task.done():
+            worker.request_stop(signal.SIGTERM)
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(task, DEADLINE_S)
+        await worker.close()
+
+
+async def poll_until(
+    condition: Callable[[], bool | Awaitable[bool]], what: str, timeout_s: float = DEADLINE_S
+) -> None:
+    """Wait for `condition` with a deadline: the only way tests wait."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        outcome = condition()
+        if not isinstance(outcome, bool):
+            outcome = await outcome
+        if outcome:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s:g}s waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+def cli_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """Environment for running `orderworker` as a subprocess against the test servers."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith("ORDERWORKER_") or key.startswith("ORDERWORKER_TEST_")
+    }
+    # CLI tests are dominated by interpreter start-up: cache bytecode outside the repository.
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env.setdefault("PYTHONPYCACHEPREFIX", str(Path(tempfile.gettempdir()) / "orderworker-pycache"))
+    env.update(
+        ORDERWORKER_DATABASE_URL=settings.database_dsn(),
+        ORDERWORKER_REDIS_URL=settings.redis_dsn(),
+        ORDERWORKER_QUEUE_NAME=settings.queue_name,
+        ORDERWORKER_WORKER__POLL_DELAY_S="0.01",
+        ORDERWORKER_WORKER__HEALTH_INTERVAL_S="0.5",
+        ORDERWORKER_WORKER__RETRY_BASE_DELAY_S="0.01",
+        ORDERWORKER_WORKER__RETRY_MAX_DELAY_S="0.05",
+        ORDERWORKER_LOG__FORMAT="json",
+    )
+    env.update(extra)
+    return env
+
+
+def run_cli(
+    *args: str, env: dict[str, str], stdin: str | None = None, timeout_s: float = 120
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "worker", *args],
+        env=env,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        cwd=REPO_ROOT,
+        check=False,
+    )
+
+
+@pytest.fixture
+def worker_processes(settings: Settings) -> Iterator[Callable[..., subprocess.Popen[str]]]:
+    """Start `orderworker worker` subprocesses; any still running are killed after the test."""
+    started: list[subprocess.Popen[str]] = []
+
+    def start(*args: str, **extra_env: str) -> subprocess.Popen[str]:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "worker", "worker", *args],
+            env=cli_env(settings, **extra_env),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=REPO_ROOT,
+        )
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+        process.communicate(timeout=DEADLINE_S)

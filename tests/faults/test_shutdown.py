@@ -1,0 +1,118 @@
+"""SIGTERM: a replica stops taking jobs, lets in-flight ones finish within the grace period, exits 0
+with no traceback; a job cut off by the grace period is requeued without using up a try."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import pytest
+from arq.constants import in_progress_key_prefix, retry_key_prefix
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from jobs.client import OrderClient
+from tests.conftest import poll_until
+from tests.faults.conftest import (
+    CHUNK_SIZE,
+    CONCURRENCY,
+    ORDER_COUNT,
+    SpawnWorker,
+    StallBatch,
+    WorkerProcess,
+    assert_batch_exact,
+    count_totals,
+    job_tries,
+    totals_reach,
+    wait_for_batch,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
+
+# Jobs here wait on the test's row locks for a while; a long job timeout keeps them waiting.
+SLOW_JOBS = {"ORDERWORKER_WORKER__JOB_TIMEOUT_S": "10"}
+GRACE_S = 10.0
+SHORT_GRACE_S = 0.5
+EXIT_MARGIN_S = 5.0
+
+
+async def test_sigterm_finishes_in_flight_jobs_takes_no_new_ones_and_exits_0(
+    spawn_worker: SpawnWorker,
+    stall_batch: StallBatch,
+    fault_engine: AsyncEngine,
+    fault_client: OrderClient,
+) -> None:
+    draining = await spawn_worker(ORDERWORKER_WORKER__SHUTDOWN_GRACE_S=str(GRACE_S), **SLOW_JOBS)
+    stalled = await stall_batch(locked=CONCURRENCY)
+    queue = fault_client.queue_name
+    queued_at_stop = await fault_client.redis.zcard(queue)
+    assert queued_at_stop > CONCURRENCY  # jobs still waiting besides the blocked ones
+
+    draining.process.send_signal(signal.SIGTERM)
+    signalled_at = time.monotonic()
+    await poll_until(lambda: bool(draining.events("worker.draining")), "worker.draining")
+    await stalled.release()  # the in-flight jobs can finish now, inside the grace period
+    assert await draining.exited(GRACE_S + EXIT_MARGIN_S) == 0, draining.excerpt()
+    drain_s = time.monotonic() - signalled_at
+    print(f"\nSIGTERM drain: exited 0 after {drain_s:.2f}s (grace {GRACE_S:g}s)")
+
+    assert drain_s < GRACE_S
+    assert_clean_log(draining)
+    [started_draining] = draining.events("worker.draining")
+    [drained] = draining.events("worker.drained")
+    assert (started_draining["in_flight"], drained["requeued"]) == (CONCURRENCY, 0)
+    events = [event["event"] for event in draining.events()]
+    finished_while_draining = events[events.index("worker.draining") :].count("job.done")
+    assert finished_while_draining == CONCURRENCY
+    # It took nothing new: exactly the in-flight chunks left the queue.
+    assert await fault_client.redis.zcard(queue) == queued_at_stop - CONCURRENCY
+    expected_totals = stalled.totals_at_stall + CONCURRENCY * CHUNK_SIZE
+    assert await count_totals(fault_engine) == expected_totals
+
+    replacement = await spawn_worker()
+    summary = await wait_for_batch(stalled.run)
+    await assert_batch_exact(summary, fault_engine)
+    assert replacement.alive(), replacement.excerpt()
+
+
+async def test_a_job_cut_off_by_the_grace_period_is_requeued_without_using_a_try(
+    spawn_worker: SpawnWorker,
+    stall_batch: StallBatch,
+    fault_engine: AsyncEngine,
+    fault_client: OrderClient,
+) -> None:
+    stopping = await spawn_worker(
+        ORDERWORKER_WORKER__SHUTDOWN_GRACE_S=str(SHORT_GRACE_S), **SLOW_JOBS
+    )
+    stalled = await stall_batch(locked=1)
+    [job_id] = stalled.locked_job_ids
+    await poll_until(
+        lambda: totals_reach(fault_engine, ORDER_COUNT - CHUNK_SIZE), "every other chunk done"
+    )
+    redis = fault_client.redis
+    assert await redis.get(retry_key_prefix + job_id) == b"1"  # its first try is running
+
+    stopping.process.send_signal(signal.SIGTERM)
+    signalled_at = time.monotonic()
+    assert await stopping.exited(SHORT_GRACE_S + EXIT_MARGIN_S) == 0, stopping.excerpt()
+    print(f"\nSIGTERM cut-off: exited 0 after {time.monotonic() - signalled_at:.2f}s")
+
+    assert_clean_log(stopping)
+    [drained] = stopping.events("worker.drained")
+    assert drained["requeued"] == 1
+    assert await redis.get(retry_key_prefix + job_id) == b"0"  # the try was given back
+    assert not await redis.exists(in_progress_key_prefix + job_id)
+    assert await redis.zscore(fault_client.queue_name, job_id) is not None  # still queued
+
+    await stalled.release()
+    successor = await spawn_worker()
+    summary = await wait_for_batch(stalled.run)
+    await assert_batch_exact(summary, fault_engine)
+    assert await job_tries(redis, [job_id]) == {job_id: 1}
+    assert successor.alive(), successor.excerpt()
+
+
+def assert_clean_log(worker: WorkerProcess) -> None:
+    """No traceback, no logged exception, nothing at error level."""
+    assert "Traceback" not in worker.stderr(), worker.excerpt()
+    bad = [e for e in worker.events() if "exception" in e or e["level"] in ("error", "critical")]
+    assert bad == [], bad[:3]

