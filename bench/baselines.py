@@ -1,0 +1,157 @@
+"""The reference points the product is measured against, and the check every measurement ends with.
+
+- The database's own limit: one INSERT ... SELECT SUM ... GROUP BY ... ON CONFLICT over all orders.
+- The seed service's approach: a TaskGroup with one AsyncSession per order (SUM, then upsert).
+- `verify_totals`: every stored total against an independently computed GROUP BY.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+
+from sqlalchemy import func, select, text
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from db.engine import create_engine, create_sessionmaker
+from db.models import Item, Order, OrderItem, OrderTotal
+
+SQL_LIMIT = text(
+    """
+    INSERT INTO order_totals (order_id, total, computed_at)
+    SELECT o.id, COALESCE(SUM(i.price * oi.quantity), 0), now()
+    FROM orders o
+    LEFT JOIN order_items oi ON oi.order_id = o.id
+    LEFT JOIN item i ON i.id = oi.item_id
+    GROUP BY o.id
+    ON CONFLICT (order_id) DO UPDATE
+        SET total = EXCLUDED.total, computed_at = EXCLUDED.computed_at
+    """
+)
+
+# Written apart from db/totals.py on purpose: a check must not share the code it checks.
+VERIFY_TOTALS = text(
+    """
+    WITH expected AS (
+        SELECT o.id, COALESCE(SUM(i.price * oi.quantity), 0) AS total
+        FROM orders o
+        LEFT JOIN order_items oi ON oi.order_id = o.id
+        LEFT JOIN item i ON i.id = oi.item_id
+        WHERE o.id BETWEEN :first_id AND :last_id
+        GROUP BY o.id
+    )
+    SELECT count(*) AS expected,
+           count(*) FILTER (WHERE t.order_id IS NULL) AS absent,
+           count(*) FILTER (WHERE t.order_id IS NOT NULL AND t.total <> e.total) AS wrong,
+           (SELECT count(*) FROM order_totals) AS stored,
+           COALESCE(SUM(e.total), 0) AS expected_sum
+    FROM expected e LEFT JOIN order_totals t ON t.order_id = e.id
+    """
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Verification:
+    expected: int
+    absent: int
+    wrong: int
+    stored: int
+    expected_sum: Decimal
+
+    @property
+    def ok(self) -> bool:
+        return self.absent == 0 and self.wrong == 0 and self.stored == self.expected
+
+    def describe(self) -> str:
+        verdict = "verified" if self.ok else "MISMATCH"
+        return (
+            f"{verdict}: {self.expected} orders, {self.absent} without a total, "
+            f"{self.wrong} wrong, {self.stored} rows stored"
+        )
+
+
+async def truncate_totals(engine: AsyncEngine) -> None:
+    async with engine.begin() as connection:
+        await connection.execute(text("TRUNCATE order_totals"))
+
+
+async def order_id_range(engine: AsyncEngine) -> tuple[int, int]:
+    async with engine.connect() as connection:
+        row = (await connection.execute(text("SELECT min(id), max(id) FROM orders"))).one()
+    return int(row[0]), int(row[1])
+
+
+async def verify_totals(engine: AsyncEngine, first_id: int, last_id: int) -> Verification:
+    """Orders `first_id..last_id` each have exactly the right total, and nothing else is stored."""
+    async with engine.connect() as connection:
+        row = (
+            await connection.execute(VERIFY_TOTALS, {"first_id": first_id, "last_id": last_id})
+        ).one()
+    return Verification(
+        expected=int(row.expected),
+        absent=int(row.absent),
+        wrong=int(row.wrong),
+        stored=int(row.stored),
+        expected_sum=Decimal(row.expected_sum),
+    )
+
+
+async def sql_limit(engine: AsyncEngine) -> float:
+    """Seconds for the database alone to compute and upsert every order's total."""
+    await truncate_totals(engine)
+    async with engine.begin() as connection:
+        started = time.perf_counter()
+        await connection.execute(SQL_LIMIT)
+    return time.perf_counter() - started
+
+
+# ---------------------------------------------------------------- the seed service's approach
+
+SEED_POOL_SIZE = 5
+
+
+async def _seed_order_total(sessions: async_sessionmaker[AsyncSession], order_id: int) -> None:
+    # As the seed: its own session per order, an ORM SUM over the joins, then the upsert.
+    async with sessions() as session:
+        total = await session.scalar(
+            select(func.sum(Item.price * OrderItem.quantity))
+            .select_from(Order)
+            .join(OrderItem, OrderItem.order_id == Order.id)
+            .join(Item, Item.id == OrderItem.item_id)
+            .where(Order.id == order_id)
+        )
+        # The seed stored NULL for an order without lines; 0 here, so the check can pass.
+        upsert = insert(OrderTotal).values(order_id=order_id, total=total or Decimal("0.00"))
+        await session.execute(
+            upsert.on_conflict_do_update(
+                index_elements=[OrderTotal.order_id],
+                set_={"total": upsert.excluded.total, "computed_at": func.now()},
+            )
+        )
+        await session.commit()
+
+
+async def seed_approach(database_url: str, order_ids: Sequence[int]) -> float:
+    """Seconds for a TaskGroup of one task (and one session) per order, over a pool of 5.
+
+    The seed's variant without a pool opens one connection per task and fails with "too many
+    connections" long before 2,000 orders; it is not run.
+    """
+    engine = create_engine(database_url, pool_size=SEED_POOL_SIZE, pool_timeout_s=300)
+    try:
+        sessions = create_sessionmaker(engine)
+        async with contextlib.AsyncExitStack() as warm:  # open the pool outside the timing
+            for _ in range(SEED_POOL_SIZE):
+                await warm.enter_async_context(engine.connect())
+        started = time.perf_counter()
+        async with asyncio.TaskGroup() as group:
+            for order_id in order_ids:
+                group.create_task(_seed_order_total(sessions, order_id))
+        return time.perf_counter() - started
+    finally:
+        await engine.dispose()

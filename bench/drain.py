@@ -1,0 +1,149 @@
+"""Single jobs drained by ONE worker process (orderworker's, or the bare arq worker), and a worker's
+bare start-up. The jobs are all queued before the worker is spawned; the clock runs from its spawn
+until the last result exists (start-up included, nothing subtracted)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+
+from bench.baselines import truncate_totals, verify_totals
+from bench.measure import READY_TIMEOUT_S, RUN_TIMEOUT_S, Bench, Outcome, redis_commands
+from bench.noop_worker import NOOP_FUNCTION
+from bench.processes import Child
+from bench.stack import clear_queue_keys
+from jobs.client import JobRequest, OrderClient
+from jobs.connection import redis_settings_from_url
+from worker.health import live_replicas
+
+RESULT_POLL_S = 0.05
+WorkerArgs = Callable[[str], list[str]]  # queue name -> `python -m` arguments
+
+
+def noop_worker_args(bench: Bench, queue: str, extra: list[str]) -> list[str]:
+    """`python -m` arguments of the bare arq worker on `queue`."""
+    return ["bench.noop_worker", "--redis-url", bench.redis_url, "--queue", queue, *extra]
+
+
+async def enqueue_single_jobs(bench: Bench, queue: str, function: str, jobs: int) -> list[str]:
+    """One job per order for the first `jobs` orders, pipelined, as a producer would."""
+    requests = [
+        JobRequest(function, {"order_id": order_id}, f"{queue}:{order_id}")
+        for order_id in range(bench.first_id, bench.first_id + jobs)
+    ]
+    client = await OrderClient.connect(redis_settings_from_url(bench.redis_url), queue)
+    try:
+        await client.enqueue_many(requests)
+    finally:
+        await client.close()
+    return [request.job_id for request in requests]
+
+
+@dataclass(slots=True)
+class _Progress:
+    first_result: float | None = None
+    last_result: float | None = None
+    polls: int = 0
+
+
+async def single_jobs(
+    bench: Bench,
+    label: str,
+    jobs: int,
+    function: str,
+    worker_args: WorkerArgs,
+    **extra_env: str,
+) -> Outcome:
+    queue = bench.queue(label)
+    await truncate_totals(bench.engine)
+    first = bench.first_id
+    job_ids = await enqueue_single_jobs(bench, queue, function, jobs)
+    commands_before = await redis_commands(bench.redis)
+    child = Child(worker_args(queue), bench.env(queue, **extra_env), bench.log_dir, label)
+    try:
+        progress = await _poll_results(bench.redis, job_ids, child)
+        # Our own polls (one EXISTS each) and this INFO are not the worker's.
+        commands = await redis_commands(bench.redis) - commands_before - progress.polls - 1
+    finally:
+        stopped = await child.stop()
+    verification = None
+    if function != NOOP_FUNCTION:
+        verification = await verify_totals(bench.engine, first, first + jobs - 1)
+    await clear_queue_keys(bench.redis, queue, job_ids)
+    assert progress.first_result is not None and progress.last_result is not None
+    return Outcome(
+        count=jobs,
+        seconds=progress.last_result - child.started,
+        verification=verification,
+        worker_rss_mib=[stopped.peak_rss_mib],
+        worker_cpu_s=[stopped.cpu_seconds],
+        steady_seconds=progress.last_result - progress.first_result,
+        redis_commands=commands,
+        note=f"first result after {progress.first_result - child.started:.2f}s (startup)",
+    )
+
+
+async def _poll_results(redis: Redis, job_ids: list[str], child: Child) -> _Progress:
+    keys = ["arq:result:" + job_id for job_id in job_ids]
+    progress = _Progress()
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while True:
+        done = int(await redis.exists(*keys))
+        progress.polls += 1
+        now = time.perf_counter()
+        if done and progress.first_result is None:
+            progress.first_result = now
+        if done == len(keys):
+            progress.last_result = now
+            return progress
+        if child.poll() is not None:
+            raise RuntimeError(f"{child.label} exited early:\n{child.log_tail()}")
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"{child.label}: {done}/{len(keys)} results after {RUN_TIMEOUT_S}s")
+        await asyncio.sleep(RESULT_POLL_S)
+
+
+# ---------------------------------------------------------------- start-up alone
+
+
+@dataclass(frozen=True, slots=True)
+class Startup:
+    """A worker started on an empty queue and stopped once it is ready."""
+
+    seconds_to_ready: float
+    cpu_s: float  # user + system over its whole life (start, ready, stop)
+    rss_mib: float
+
+
+async def product_ready(redis: Redis, queue: str) -> bool:
+    return bool(await live_replicas(redis, queue))
+
+
+async def arq_ready(redis: Redis, queue: str) -> bool:
+    # arq writes its health-check key on its first poll of the queue.
+    return bool(await redis.exists(f"{queue}:health-check"))
+
+
+async def idle_start(
+    bench: Bench,
+    label: str,
+    worker_args: WorkerArgs,
+    ready: Callable[[Redis, str], Awaitable[bool]],
+) -> Startup:
+    queue = bench.queue(label)
+    child = Child(worker_args(queue), bench.env(queue), bench.log_dir, label)
+    try:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while not await ready(bench.redis, queue):
+            if child.poll() is not None or time.monotonic() >= deadline:
+                raise RuntimeError(f"{label} never became ready:\n{child.log_tail()}")
+            await asyncio.sleep(RESULT_POLL_S)
+        seconds = time.perf_counter() - child.started
+    finally:
+        stopped = await child.stop()
+    await clear_queue_keys(bench.redis, queue, [])
+    return Startup(seconds, stopped.cpu_seconds, stopped.peak_rss_mib)

@@ -1,0 +1,207 @@
+"""The product's own measurements, each through real processes: `orderworker totals --all` against
+worker replicas, single jobs drained by one replica (and by a bare arq worker), the CLI's submit
+rate. Every measurement starts from an empty order_totals and ends with a SQL check."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from bench.baselines import Verification, order_id_range, truncate_totals, verify_totals
+from bench.processes import Child, Finished, orderworker_env
+from bench.stack import BenchServers, clear_queue_keys, fresh_database, load_orders
+from db.engine import create_engine
+from worker.health import live_replicas
+
+READY_TIMEOUT_S = 60.0
+RUN_TIMEOUT_S = 900.0
+PRODUCT = ("worker",)  # `python -m worker ...` is `orderworker ...`
+
+
+@dataclass(slots=True)
+class Outcome:
+    """One measured run: how many, how long, what it cost in memory, and whether it was right."""
+
+    count: int
+    seconds: float
+    verification: Verification | None = None
+    worker_rss_mib: list[float] = field(default_factory=list)
+    worker_cpu_s: list[float] = field(default_factory=list)  # user + system, whole process life
+    cli_rss_mib: float | None = None
+    steady_seconds: float | None = None  # first result to last, when results are polled
+    redis_commands: int | None = None  # processed by Redis while the jobs drained
+    note: str = ""
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def rate(self) -> float:
+        return self.count / self.seconds
+
+    @property
+    def ok(self) -> bool:
+        verified = self.verification is None or self.verification.ok
+        return verified and not self.problems
+
+
+@dataclass(slots=True)
+class Bench:
+    database_url: str
+    redis_url: str
+    engine: AsyncEngine
+    redis: Redis
+    log_dir: Path
+    first_id: int
+    last_id: int
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
+
+    @property
+    def orders(self) -> int:
+        return self.last_id - self.first_id + 1
+
+    def queue(self, label: str) -> str:
+        return f"bench:{self.run_id}:{label}"
+
+    def env(self, queue: str, **extra: str) -> dict[str, str]:
+        return orderworker_env(self.database_url, self.redis_url, queue, **extra)
+
+    def cli(self, label: str, queue: str, *args: str, env: dict[str, str] | None = None) -> Child:
+        return Child(["worker", *args], env or self.env(queue), self.log_dir, label)
+
+    async def start_replicas(
+        self, label: str, queue: str, count: int, module: Sequence[str], **extra: str
+    ) -> list[Child]:
+        """`python -m MODULE... worker` x count, once every one of them reports a heartbeat."""
+        env = self.env(queue, **extra)
+        replicas = [
+            Child([*module, "worker"], env, self.log_dir, f"{label}-w{n}")
+            for n in range(1, count + 1)
+        ]
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while len(await live_replicas(self.redis, queue)) < count:
+            for replica in replicas:
+                if replica.poll() is not None:
+                    raise RuntimeError(f"{replica.label} exited:\n{replica.log_tail()}")
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"{count} replicas not ready within {READY_TIMEOUT_S:g}s")
+            await asyncio.sleep(0.05)
+        return replicas
+
+
+@asynccontextmanager
+async def open_bench(servers: BenchServers, orders: int, log_dir: Path) -> AsyncIterator[Bench]:
+    """A fresh database loaded with `orders` generated orders, and clients for both servers."""
+    database_url = await fresh_database(servers)
+    engine = create_engine(database_url, pool_size=2)
+    redis = Redis.from_url(servers.redis_url)
+    try:
+        say(f"loading {orders:,} orders (set-based SQL) ...")
+        loaded = await load_orders(engine, orders)
+        say(f"  {loaded.orders:,} orders in {loaded.seconds:.1f}s (with VACUUM ANALYZE)")
+        first_id, last_id = await order_id_range(engine)
+        yield Bench(database_url, servers.redis_url, engine, redis, log_dir, first_id, last_id)
+    finally:
+        await redis.aclose()
+        await engine.dispose()
+
+
+def say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+async def stop_all(children: list[Child]) -> list[Finished]:
+    return list(await asyncio.gather(*(child.stop() for child in children)))
+
+
+def cli_summary(finished: Finished, label: str) -> dict[str, Any]:
+    try:
+        summary: dict[str, Any] = json.loads(finished.stdout)
+    except json.JSONDecodeError:
+        raise RuntimeError(f"{label}: no JSON on stdout (exit {finished.returncode})") from None
+    return summary
+
+
+async def batch_totals(
+    bench: Bench,
+    replicas: int,
+    label: str = "",
+    module: Sequence[str] = PRODUCT,
+    **extra: str,
+) -> Outcome:
+    """`orderworker totals --all --json` against `replicas` running workers; timed as the CLI.
+
+    `module` runs the workers as `python -m MODULE... worker` (bench.variants for a patched one);
+    `extra` are environment settings for the workers and the CLI (e.g. chunk sizes)."""
+    label = label or f"batch-{replicas}r"
+    queue = bench.queue(label)
+    await truncate_totals(bench.engine)
+    workers = await bench.start_replicas(label, queue, replicas, module, **extra)
+    try:
+        cli = bench.cli(
+            f"{label}-cli", queue, "totals", "--all", "--json", env=bench.env(queue, **extra)
+        )
+        finished = await cli.finished(RUN_TIMEOUT_S)
+    finally:
+        stopped = await stop_all(workers)
+    summary = cli_summary(finished, label)
+    expected = bench.orders
+    if finished.returncode != 0 or summary["failed"] or summary["computed"] != expected:
+        raise RuntimeError(f"{label}: exit {finished.returncode}, summary {str(summary)[:500]}")
+    verification = await verify_totals(bench.engine, bench.first_id, bench.last_id)
+    await _clear_batch(bench.redis, queue, summary["batch_id"])
+    problems = []
+    if Decimal(summary["total_sum"]) != verification.expected_sum:
+        problems.append(f"total_sum {summary['total_sum']} != {verification.expected_sum}")
+    return Outcome(
+        count=summary["computed"],
+        seconds=finished.seconds,
+        verification=verification,
+        worker_rss_mib=[worker.peak_rss_mib for worker in stopped],
+        worker_cpu_s=[worker.cpu_seconds for worker in stopped],
+        cli_rss_mib=finished.peak_rss_mib,
+        note=f"total_sum {summary['total_sum']}",
+        problems=problems,
+    )
+
+
+async def redis_commands(redis: Redis) -> int:
+    stats = await redis.info("stats")
+    return int(stats["total_commands_processed"])
+
+
+async def cli_submit(bench: Bench) -> Outcome:
+    """`totals --all --no-wait --json` with no worker: keyset paging plus pipelined enqueue."""
+    queue = bench.queue("submit")
+    cli = bench.cli("submit-cli", queue, "totals", "--all", "--no-wait", "--json")
+    finished = await cli.finished(RUN_TIMEOUT_S)
+    summary = cli_summary(finished, "submit")
+    queued = int(await bench.redis.zcard(queue))
+    await _clear_batch(bench.redis, queue, summary["batch_id"])
+    if finished.returncode != 0 or summary["requested"] != bench.orders or not queued:
+        raise RuntimeError(f"submit: exit {finished.returncode}, {queued} queued, {summary}")
+    return Outcome(
+        count=summary["requested"],
+        seconds=finished.seconds,
+        cli_rss_mib=finished.peak_rss_mib,
+        note=f"{queued} chunk jobs queued",
+    )
+
+
+async def _clear_batch(redis: Redis, queue: str, batch_id: str) -> None:
+    # Chunk jobs are named totals:{batch_id}:{n}; their keys are found by that pattern.
+    pattern = f"arq:*:totals:{batch_id}:*"
+    keys = [key async for key in redis.scan_iter(match=pattern, count=1000)]
+    await clear_queue_keys(redis, queue, [])
+    for start in range(0, len(keys), 1000):
+        await redis.delete(*keys[start : start + 1000])

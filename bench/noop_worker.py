@@ -1,0 +1,66 @@
+"""A bare arq worker with one no-op job: the framework's own ceiling, with nothing of ours in it.
+
+`python -m bench.noop_worker --redis-url URL --queue NAME [--poll-delay S] [--max-jobs N]`
+Same JSON envelopes as the product (so the same producer enqueues for both), on uvloop like the
+product's worker, and no log handler: arq's per-job INFO lines go nowhere, as in a quiet deployment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from typing import Any
+
+import uvloop
+from arq.connections import RedisSettings
+from arq.worker import Worker, func
+
+NOOP_FUNCTION = "noop"
+# arq's own defaults, for the "bare arq, default settings" row.
+ARQ_DEFAULT_POLL_DELAY_S = 0.5
+ARQ_DEFAULT_MAX_JOBS = 10
+
+
+async def noop(ctx: dict[str, Any], **kwargs: Any) -> None:
+    return None
+
+
+def to_json(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
+def from_json(data: bytes) -> Any:
+    return json.loads(data)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.noop_worker", description=__doc__)
+    parser.add_argument("--redis-url", required=True)
+    parser.add_argument("--queue", required=True)
+    parser.add_argument("--poll-delay", type=float, default=ARQ_DEFAULT_POLL_DELAY_S)
+    parser.add_argument("--max-jobs", type=int, default=ARQ_DEFAULT_MAX_JOBS)
+    parser.add_argument("--queue-read-limit", type=int, default=None)
+    parser.add_argument("--burst", action="store_true", help="exit once the queue is empty")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    asyncio.set_event_loop(uvloop.new_event_loop())  # arq's Worker takes the current loop
+    worker = Worker(
+        functions=[func(noop, name=NOOP_FUNCTION)],
+        queue_name=args.queue,
+        redis_settings=RedisSettings.from_dsn(args.redis_url),
+        poll_delay=args.poll_delay,
+        max_jobs=args.max_jobs,
+        queue_read_limit=args.queue_read_limit,
+        job_serializer=to_json,
+        job_deserializer=from_json,
+        burst=args.burst,
+    )
+    worker.run()  # SIGTERM: arq's own handler cancels the main task and closes the pool
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,203 @@
+"""Real child processes (the CLI, worker replicas, the bare arq worker), each with its own peak RSS
+and CPU time.
+
+Peak RSS is the kernel's high-water mark of the child's own address space (VmHWM in
+/proc/PID/status), read every few milliseconds until it exits. wait4()'s ru_maxrss would not do:
+on Linux it carries over the RSS of the forking parent (this harness, ~80 MiB) across exec. CPU
+time does come from wait4(): user + system of that child alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+REAP_POLL_S = 0.02
+RSS_POLL_S = 0.01
+MIB = 1024 * 1024
+# This machine sets PYTHONDONTWRITEBYTECODE=1 and the venv holds no .pyc files, so every process
+# would compile every module it imports (~3.5 s of a worker's start). Children cache bytecode here
+# instead, as a deployed image does (UV_COMPILE_BYTECODE=1); the cache is warmed before timing.
+BYTECODE_CACHE = Path(__file__).with_name("results") / "pycache"
+WARM_IMPORTS = "import worker.cli, worker.commands, worker.replica, bench.noop_worker"
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    returncode: int
+    seconds: float  # from spawn to exit
+    peak_rss_bytes: int
+    cpu_seconds: float  # user + system
+    stdout: str
+
+    @property
+    def peak_rss_mib(self) -> float:
+        return self.peak_rss_bytes / MIB
+
+
+def orderworker_env(
+    database_url: str, redis_url: str, queue_name: str, **extra: str
+) -> dict[str, str]:
+    return {
+        **os.environ,
+        "ORDERWORKER_DATABASE_URL": database_url,
+        "ORDERWORKER_REDIS_URL": redis_url,
+        "ORDERWORKER_QUEUE_NAME": queue_name,
+        "ORDERWORKER_LOG__FORMAT": "json",
+        **extra,
+    }
+
+
+def with_bytecode_cache(env: Mapping[str, str]) -> dict[str, str]:
+    cached = {key: value for key, value in env.items() if key != "PYTHONDONTWRITEBYTECODE"}
+    cached["PYTHONPYCACHEPREFIX"] = str(BYTECODE_CACHE)
+    return cached
+
+
+def exit_on_sigterm() -> None:
+    """SIGTERM unwinds the harness like Ctrl-C does, so its servers and children are stopped."""
+
+    def stop(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+
+
+def warm_bytecode_cache() -> float:
+    """Import everything a child imports once, so no timed process pays for compiling."""
+    started = time.perf_counter()
+    subprocess.run(
+        [sys.executable, "-c", WARM_IMPORTS], env=with_bytecode_cache(os.environ), check=True
+    )
+    return time.perf_counter() - started
+
+
+def high_water_rss(pid: int) -> int | None:
+    """VmHWM of a live process in bytes; None once it has exited (or become a zombie)."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (FileNotFoundError, ProcessLookupError):
+        pass
+    return None
+
+
+class RssWatch:
+    """Samples a process's VmHWM from a thread until told to stop or the process is gone."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.peak = 0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name=f"rss-{pid}", daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        while not self._done.is_set():
+            found = high_water_rss(self.pid)
+            if found is None:
+                return
+            self.peak = max(self.peak, found)
+            self._done.wait(RSS_POLL_S)
+
+    def stop(self) -> int:
+        self._done.set()
+        self._thread.join()
+        return self.peak
+
+
+LIVE: set[Child] = set()  # spawned and not reaped yet: killed by `kill_all` on the way out
+
+
+def kill_all() -> None:
+    """Last resort when the harness itself is stopped: no child outlives it."""
+    for child in list(LIVE):
+        child.kill()
+
+
+class Child:
+    """One spawned process; stdout and stderr go to files under `log_dir`."""
+
+    def __init__(
+        self,
+        args: Sequence[str],
+        env: Mapping[str, str],
+        log_dir: Path,
+        label: str,
+        *,
+        python_module: bool = True,
+    ) -> None:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self.label = label
+        self.stdout_path = log_dir / f"{label}.out"
+        self.stderr_path = log_dir / f"{label}.log"
+        command = [sys.executable, "-m", *args] if python_module else list(args)
+        self.started = time.perf_counter()
+        with self.stdout_path.open("wb") as out, self.stderr_path.open("wb") as err:
+            self.process = subprocess.Popen(
+                command, env=with_bytecode_cache(env), stdout=out, stderr=err
+            )
+        self.rss = RssWatch(self.process.pid)
+        self.result: Finished | None = None
+        LIVE.add(self)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def poll(self) -> Finished | None:
+        """Reap the child if it has exited (without blocking)."""
+        if self.result is not None:
+            return self.result
+        pid, status, usage = os.wait4(self.pid, os.WNOHANG)
+        if pid == 0:
+            return None
+        peak_rss = self.rss.stop()
+        LIVE.discard(self)
+        # Reaped here, not by Popen: tell Popen so it never waits for the pid again.
+        self.process.returncode = os.waitstatus_to_exitcode(status)
+        self.result = Finished(
+            returncode=self.process.returncode,
+            seconds=time.perf_counter() - self.started,
+            peak_rss_bytes=peak_rss,
+            cpu_seconds=usage.ru_utime + usage.ru_stime,
+            stdout=self.stdout_path.read_text(),
+        )
+        return self.result
+
+    async def finished(self, timeout_s: float) -> Finished:
+        deadline = time.monotonic() + timeout_s
+        while (result := self.poll()) is None:
+            if time.monotonic() >= deadline:
+                self.kill()
+                raise TimeoutError(f"{self.label} did not exit within {timeout_s:g}s")
+            await asyncio.sleep(REAP_POLL_S)
+        return result
+
+    async def stop(self, timeout_s: float = 60.0) -> Finished:
+        """SIGTERM (a worker drains in-flight jobs first), then reap."""
+        if self.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return await self.finished(timeout_s)
+
+    def kill(self) -> None:
+        if self.poll() is None:
+            self.process.kill()
+            os.waitpid(self.pid, 0)
+            self.rss.stop()
+            self.process.returncode = -signal.SIGKILL
+            LIVE.discard(self)
+
+    def log_tail(self, lines: int = 5) -> str:
+        text = self.stderr_path.read_text(errors="replace").splitlines()
+        return "\n".join(text[-lines:])

@@ -1,0 +1,199 @@
+"""From measured outcomes to table rows: each rate against its baseline, each target checked."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from bench.drain import Startup
+from bench.measure import Outcome
+from bench.report import Row
+from worker.settings import Settings
+
+BATCH_TARGET = 0.5  # of the SQL limit (aim: 0.8)
+BATCH_AIM = 0.8
+JOBS_TARGET = 0.6  # of the bare arq no-op rate, same tuning
+SUBMIT_TARGET = 20_000.0  # orders/s
+RSS_TARGET_MIB = 100.0
+
+
+@dataclass(slots=True)
+class Results:
+    arq_defaults: tuple[float, int]
+    sql_limits: dict[int, Outcome] = field(default_factory=dict)  # by the batch row it precedes
+    batch: dict[int, Outcome] = field(default_factory=dict)
+    submit: Outcome | None = None
+    jobs: Outcome | None = None
+    noop: dict[str, Outcome] = field(default_factory=dict)
+    seed: Outcome | None = None
+    startup: dict[str, Startup] = field(default_factory=dict)
+    profile: str | None = None
+
+    def outcomes(self) -> list[Outcome]:
+        found = [self.submit, self.jobs, self.seed]
+        found += [*self.sql_limits.values(), *self.batch.values(), *self.noop.values()]
+        return [outcome for outcome in found if outcome is not None]
+
+
+def _count(outcome: Outcome, unit: str) -> str:
+    return f"{outcome.count:,} {unit}"
+
+
+def _checked(outcome: Outcome, note: str) -> str:
+    if outcome.verification is None:
+        return note
+    status = "totals verified" if outcome.ok else "**" + outcome.verification.describe() + "**"
+    problems = "; ".join(outcome.problems)
+    return "; ".join(part for part in (status, problems, note) if part)
+
+
+def build_rows(results: Results, settings: Settings) -> list[Row]:
+    assert results.submit and results.jobs and results.seed
+    rows = []
+    for replicas, outcome in sorted(results.batch.items()):
+        limit = results.sql_limits[replicas]
+        ratio = outcome.rate / limit.rate
+        rows.append(
+            Row(
+                "SQL limit: one INSERT ... SELECT SUM ... GROUP BY ... ON CONFLICT",
+                _count(limit, "orders"),
+                limit.seconds,
+                limit.rate,
+                "orders/s",
+                note=_checked(limit, "measured right before, as the baseline of the next row"),
+            )
+        )
+        rows.append(
+            Row(
+                f"`totals --all`, {replicas} worker replica{'s' if replicas > 1 else ''}",
+                _count(outcome, "orders"),
+                outcome.seconds,
+                outcome.rate,
+                "orders/s",
+                ratio=ratio,
+                baseline="SQL limit",
+                target=f">= {BATCH_TARGET}x (aim {BATCH_AIM}x)",
+                passed=ratio >= BATCH_TARGET and outcome.ok,
+                note=_checked(outcome, "CLI wall time: submit + wait"),
+            )
+        )
+    seed = results.seed
+    rows.append(
+        Row(
+            "seed approach: TaskGroup, one session per order, pool of 5",
+            _count(seed, "orders"),
+            seed.seconds,
+            seed.rate,
+            "orders/s",
+            ratio=seed.rate / results.sql_limits[1].rate,
+            baseline="SQL limit",
+            note=_checked(
+                seed, f"1-replica batch is {results.batch[1].rate / seed.rate:.0f}x this"
+            ),
+        )
+    )
+    same, defaults = results.noop["same"], results.noop["defaults"]
+    jobs = results.jobs
+    ratio = jobs.rate / same.rate
+    steady = jobs.count / jobs.steady_seconds if jobs.steady_seconds else 0.0
+    cpu = _cpu_per_job(jobs, results.startup.get("orderworker"))
+    rows.append(
+        Row(
+            "`compute_order_total` jobs, 1 replica",
+            _count(jobs, "jobs"),
+            jobs.seconds,
+            jobs.rate,
+            "jobs/s",
+            ratio=ratio,
+            baseline="bare arq",
+            target=f">= {JOBS_TARGET}x",
+            passed=ratio >= JOBS_TARGET and jobs.ok,
+            note=_checked(jobs, f"{jobs.note}; {steady:,.0f} jobs/s after it; {cpu}"),
+        )
+    )
+    tuning = f"poll {settings.worker.poll_delay_s:g}s, max_jobs {settings.worker.concurrency}"
+    poll_s, max_jobs = results.arq_defaults
+    for label, outcome, note in (
+        ("same tuning", same, f"{tuning}: baseline for the jobs row"),
+        ("arq defaults", defaults, f"poll {poll_s:g}s, max_jobs {max_jobs}: context"),
+    ):
+        steady = outcome.count / outcome.steady_seconds if outcome.steady_seconds else 0.0
+        cpu = _cpu_per_job(outcome, results.startup.get("bare arq"))
+        rows.append(
+            Row(
+                f"bare arq worker, no-op jobs, {label}",
+                _count(outcome, "jobs"),
+                outcome.seconds,
+                outcome.rate,
+                "jobs/s",
+                ratio=outcome.rate / same.rate if outcome is defaults else None,
+                baseline="bare arq" if outcome is defaults else "",
+                note=f"{note}; {outcome.note}; {steady:,.0f} jobs/s after it; {cpu}",
+            )
+        )
+    submit = results.submit
+    rows.append(
+        Row(
+            "CLI submit: `totals --all --no-wait` (no worker)",
+            _count(submit, "orders"),
+            submit.seconds,
+            submit.rate,
+            "orders/s",
+            target=f">= {SUBMIT_TARGET:,.0f} orders/s",
+            passed=submit.rate >= SUBMIT_TARGET,
+            note=f"{submit.note}; keyset pages + pipelined enqueue",
+        )
+    )
+    for name, start in results.startup.items():
+        rows.append(
+            Row(
+                f"{name} worker: start until ready, empty queue",
+                "",
+                start.seconds_to_ready,
+                start.cpu_s,
+                "CPU s",
+                note=f"CPU over its whole life, start to stop; {start.rss_mib:.0f} MiB peak RSS",
+            )
+        )
+    rows.extend(_memory_rows(results))
+    return rows
+
+
+def _cpu_per_job(outcome: Outcome, idle: Startup | None) -> str:
+    """The worker's CPU and Redis commands per job (the CPU of an idle start and stop taken off)."""
+    parts = []
+    if outcome.worker_cpu_s and idle is not None:
+        per_job_ms = (outcome.worker_cpu_s[0] - idle.cpu_s) / outcome.count * 1000
+        parts.append(f"{per_job_ms:.2f} ms worker CPU per job")
+    if outcome.redis_commands is not None:
+        parts.append(f"{outcome.redis_commands / outcome.count:.1f} Redis commands per job")
+    return ", ".join(parts)
+
+
+def _memory_rows(results: Results) -> list[Row]:
+    workers = [
+        (rss, f"batch, {replicas} replica(s)")
+        for replicas, outcome in results.batch.items()
+        for rss in outcome.worker_rss_mib
+    ]
+    if results.jobs is not None:
+        workers += [(rss, "single jobs") for rss in results.jobs.worker_rss_mib]
+    cli_runs = [(outcome, "totals --all") for outcome in results.batch.values()]
+    if results.submit is not None:
+        cli_runs.append((results.submit, "totals --all --no-wait"))
+    clis = [(run.cli_rss_mib, where) for run, where in cli_runs if run.cli_rss_mib is not None]
+    rows = []
+    for name, measured in (("worker", workers), ("CLI", clis)):
+        peak, where = max(measured)
+        rows.append(
+            Row(
+                f"peak RSS, {name} (highest of {len(measured)} processes)",
+                "",
+                None,
+                peak,
+                "MiB",
+                target=f"<= {RSS_TARGET_MIB:g} MiB",
+                passed=peak <= RSS_TARGET_MIB,
+                note=f"highest in {where}; all: " + ", ".join(f"{rss:.0f}" for rss, _ in measured),
+            )
+        )
+    return rows
