@@ -71,6 +71,10 @@ async def database_layers(bench: Bench) -> Timings:
     fast_sessions = create_sessionmaker(fast)
 
     async def product_path(order_id: int) -> None:
+        async with fast_sessions() as session:
+            await totals.upsert_order_total_direct(session, order_id)
+
+    async def transaction_path(order_id: int) -> None:
         async with product_sessions.begin() as session:
             await totals.upsert_order_total(session, order_id)
 
@@ -79,7 +83,7 @@ async def database_layers(bench: Bench) -> Timings:
             await totals.upsert_order_total(session, order_id)
 
     async def fast_session(order_id: int) -> None:
-        async with fast_sessions.begin() as session:
+        async with fast_sessions() as session:
             await totals.upsert_order_total(session, order_id)
 
     async def core(order_id: int) -> None:
@@ -92,9 +96,16 @@ async def database_layers(bench: Bench) -> Timings:
             assert raw is not None
             one_order = ONE_ORDER_UPSERT.text.replace(":order_id", "$1")
             layers: list[tuple[str, Operation]] = [
-                ("product: `create_engine`, `sessionmaker.begin()`, UPSERT_TOTALS", product_path),
+                (
+                    "product: AsyncSession on AUTOCOMMIT, statement sent on its asyncpg connection",
+                    product_path,
+                ),
+                ("AsyncSession on AUTOCOMMIT, statement through SQLAlchemy", fast_session),
+                (
+                    "AsyncSession in a transaction (BEGIN/COMMIT), through SQLAlchemy",
+                    transaction_path,
+                ),
                 ("the same with `pool_pre_ping=True`", pinged_path),
-                ("AsyncSession on AUTOCOMMIT (no BEGIN/COMMIT), UPSERT_TOTALS", fast_session),
                 ("SQLAlchemy Core connection, AUTOCOMMIT, one-order upsert", core),
                 ("asyncpg alone, one-order upsert", lambda n: raw.fetchrow(one_order, n)),
                 (

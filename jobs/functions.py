@@ -55,7 +55,7 @@ async def compute_order_total(
     ctx: JobContext, payload: ComputeOrderTotalPayload
 ) -> OrderTotalResult:
     async with ctx["db_slots"], ctx["single_statement_sessionmaker"]() as session:
-        total = await totals.upsert_order_total(session, payload.order_id)
+        total = await totals.upsert_order_total_direct(session, payload.order_id)
     if total is None:
         raise UnknownOrderError(f"order {payload.order_id} does not exist")
     return OrderTotalResult(order_id=payload.order_id, total=total)

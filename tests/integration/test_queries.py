@@ -7,8 +7,10 @@ from decimal import Decimal
 
 import pytest
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from db.engine import create_sessionmaker
 from db.orders import (
     IdempotencyConflictError,
     OrderLine,
@@ -16,7 +18,9 @@ from db.orders import (
     UnknownItemsError,
     place_order,
 )
-from db.totals import stored_totals, upsert_totals
+from db.totals import stored_totals, upsert_order_total_direct, upsert_totals
+from jobs.errors import is_transient
+from tests.conftest import poll_until
 
 Sessions = async_sessionmaker[AsyncSession]
 SAMPLE_TOTALS = {1: Decimal("30.00"), 2: Decimal("12.00"), 3: Decimal("0.00")}
@@ -257,3 +261,54 @@ async def test_billion_order_is_exact(sessionmaker: Sessions) -> None:
     assert f"{total:.2f}" == "999999999.90"
     async with sessionmaker() as session:
         assert await stored_totals(session, [order_id]) == {order_id: expected}
+
+
+# ---------------------------------------------------------------- upsert_order_total_direct
+
+
+async def test_direct_order_total_is_exact_stored_and_none_for_an_unknown_order(
+    seeded: None, engine: AsyncEngine
+) -> None:
+    autocommit = create_sessionmaker(engine.execution_options(isolation_level="AUTOCOMMIT"))
+    for order_id, expected in SAMPLE_TOTALS.items():
+        async with autocommit() as session:
+            assert await upsert_order_total_direct(session, order_id) == expected
+    async with autocommit() as session:
+        assert await upsert_order_total_direct(session, 999_999) is None
+    assert dict(await totals_rows(create_sessionmaker(engine))) == SAMPLE_TOTALS
+
+
+async def test_direct_order_total_refuses_a_transactional_session(
+    seeded: None, sessionmaker: Sessions
+) -> None:
+    async with sessionmaker() as session:
+        with pytest.raises(ValueError, match="AUTOCOMMIT"):
+            await upsert_order_total_direct(session, 1)
+    assert await totals_rows(sessionmaker) == []
+
+
+async def test_a_dead_connection_is_a_transient_error_and_leaves_the_pool(
+    seeded: None, engine: AsyncEngine
+) -> None:
+    autocommit = create_sessionmaker(engine.execution_options(isolation_level="AUTOCOMMIT"))
+    async with engine.connect() as killer:  # checked out first: never the victim itself
+        async with autocommit() as session:
+            connection = await session.connection()
+            backend = (await connection.exec_driver_sql("SELECT pg_backend_pid()")).scalar_one()
+        # The victim is back in the pool now; end its server process under it.
+        await killer.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": backend})
+
+        async def backend_gone() -> bool:
+            found = await killer.execute(
+                text("SELECT count(*) FROM pg_stat_activity WHERE pid = :pid"), {"pid": backend}
+            )
+            return int(found.scalar_one()) == 0
+
+        await poll_until(backend_gone, "the backend to exit")
+    async with autocommit() as session:
+        with pytest.raises(DBAPIError) as raised:
+            await upsert_order_total_direct(session, 1)
+    assert is_transient(raised.value)
+    # The next session gets a fresh connection, not the dead one back from the pool.
+    async with autocommit() as session:
+        assert await upsert_order_total_direct(session, 1) == SAMPLE_TOTALS[1]
