@@ -15,6 +15,7 @@ from typing import Any
 
 import structlog
 from arq.constants import job_key_prefix, retry_key_prefix
+from arq.utils import timestamp_ms, to_ms
 from arq.worker import Worker
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -27,6 +28,7 @@ from jobs.errors import describe, error_document
 from jobs.functions import registry
 from jobs.serialization import decode_result, make_deserializer, serialize
 from worker import health
+from worker.queue_scripts import QueueScripts
 from worker.settings import Settings
 
 log = structlog.get_logger("orderworker.worker")
@@ -34,6 +36,8 @@ log = structlog.get_logger("orderworker.worker")
 MAX_RECONNECT_DELAY_S = 10.0
 STARTUP_DB_ATTEMPTS = 5
 DEAD_LETTER_TIMEOUT_S = 5.0
+# How a failed job's result reads in our compact JSON (jobs.serialization.serialize).
+FAILED_RESULT_MARKER = b'"s":false'
 
 
 class StartupError(Exception):
@@ -64,6 +68,7 @@ class OrderWorker(Worker):
         self._redis_failures = 0
         self._drain_deadline = 0.0
         self._drain_task: asyncio.Task[None] | None = None
+        self._slot_freed = asyncio.Event()
         self.on_startup = self._startup
         self.on_shutdown = self._shutdown
 
@@ -80,6 +85,7 @@ class OrderWorker(Worker):
         )
         await self._check_database(engine)
         ctx["engine"] = engine
+        self._scripts = QueueScripts(self.pool, self.queue_name)
         ctx["sessionmaker"] = create_sessionmaker(engine)
         # For units of work that are one statement: no BEGIN/COMMIT round trips around it.
         ctx["single_statement_sessionmaker"] = create_sessionmaker(
@@ -128,6 +134,7 @@ class OrderWorker(Worker):
     # --- Redis outages: back off and carry on instead of dying on the first error ---
 
     async def _poll_iteration(self) -> None:
+        await self._wait_for_free_slot()
         try:
             await super()._poll_iteration()
         except REDIS_ERRORS as error:
@@ -145,15 +152,43 @@ class OrderWorker(Worker):
                 log.info("worker.redis_recovered", after_failures=self._redis_failures)
             self._redis_failures = 0
 
+    # --- Taking jobs ---
+
+    async def _wait_for_free_slot(self) -> bool:
+        """With every slot busy arq sleeps a whole poll period before it looks again, and slots
+        sit idle once short jobs end. Wait for the first one to end instead; bounded, so the
+        poll loop still beats its heartbeat. True if a slot is free and jobs may be taken (a
+        SIGTERM during the wait means no)."""
+        if self.allow_pick_jobs and self.job_counter >= self.max_jobs:
+            self._slot_freed.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.health_check_interval):
+                    await self._slot_freed.wait()
+        return self.allow_pick_jobs and self.job_counter < self.max_jobs
+
+    def _release_sem_dec_counter_on_complete(self) -> None:
+        super()._release_sem_dec_counter_on_complete()
+        self._slot_freed.set()
+
     async def start_jobs(self, job_ids: list[bytes]) -> None:
-        try:
-            await super().start_jobs(job_ids)
-        except REDIS_ERRORS:
-            # arq had taken a slot for the job it was starting; without this, every Redis outage
-            # would shrink the replica's capacity by one until it ran nothing at all.
-            self.job_counter -= 1
-            self.sem.release()
-            raise
+        """arq's start_jobs with the claims batched (worker/queue_scripts.py): while ids remain,
+        wait for a free slot, then claim as many ids as there are free slots in one round trip.
+        A Redis error claims nothing, so no slot is taken for a job that never started."""
+        pending = job_ids
+        while pending and await self._wait_for_free_slot():
+            claimed = await self._scripts.claim(
+                pending,
+                wanted=self.max_jobs - self.job_counter,
+                now_ms=timestamp_ms(),
+                in_progress_ttl_ms=int(self.in_progress_timeout_s * 1000),
+            )
+            pending = pending[claimed.examined :]
+            for job_id, score in claimed.jobs:
+                await self.sem.acquire()  # free at once: only this loop takes slots
+                self.job_counter += 1
+                task = self.loop.create_task(self.run_job(job_id, score))
+                task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
+                self.tasks[job_id] = task
 
     async def run_job(self, job_id: str, score: int) -> None:
         try:
@@ -173,6 +208,10 @@ class OrderWorker(Worker):
         if due:
             await health.beat(self.pool, self.heartbeat(), ttl_s=3 * self.health_check_interval)
 
+    def unfinished_jobs(self) -> list[str]:
+        # arq drops finished tasks from self.tasks only between polls: count the running ones.
+        return [job_id for job_id, task in self.tasks.items() if not task.done()]
+
     def heartbeat(self) -> health.Heartbeat:
         return health.Heartbeat(
             replica_id=self.replica_id,
@@ -182,12 +221,12 @@ class OrderWorker(Worker):
             jobs_done=self.jobs_complete,
             jobs_failed=self.jobs_failed,
             jobs_retried=self.jobs_retried,
-            in_flight=sum(not task.done() for task in self.tasks.values()),
+            in_flight=len(self.unfinished_jobs()),
             last_beat=time.time(),
             started_at=self.started_at,
         )
 
-    # --- Dead letters: every job that ends in failure is recorded in PostgreSQL ---
+    # --- Finishing jobs; dead letters: every job that ends in failure is recorded in PostgreSQL ---
 
     async def finish_job(
         self,
@@ -199,8 +238,12 @@ class OrderWorker(Worker):
         incr_score: int | None,
         keep_in_progress: float | None,
     ) -> None:
-        if finish and result_data is not None:
+        if finish and result_data:
             await self._record_if_failed(job_id, result_data)
+            if keep_in_progress is None:  # the usual end of a job: one script, not six commands
+                expire = None if keep_result_forever else result_timeout_s
+                await self._scripts.finish(job_id, result_data, to_ms(expire))
+                return
         await super().finish_job(
             job_id,
             finish,
@@ -217,6 +260,8 @@ class OrderWorker(Worker):
         await super().finish_failed_job(job_id, result_data)
 
     async def _record_if_failed(self, job_id: str, result_data: bytes) -> None:
+        if FAILED_RESULT_MARKER not in result_data:  # most jobs succeed: no need to decode theirs
+            return
         try:
             await self._record_failure(job_id, decode_result(result_data))
         except Exception as problem:
@@ -258,15 +303,20 @@ class OrderWorker(Worker):
         self.allow_pick_jobs = False
         grace_s = self.settings.worker.shutdown_grace_s
         self._drain_deadline = time.monotonic() + grace_s
-        log.info("worker.draining", signal=signum.name, in_flight=len(self.tasks), grace_s=grace_s)
+        log.info(
+            "worker.draining",
+            signal=signum.name,
+            in_flight=len(self.unfinished_jobs()),
+            grace_s=grace_s,
+        )
         self._drain_task = asyncio.get_running_loop().create_task(self._drain())
 
     async def _drain(self) -> None:
-        while any(not task.done() for task in self.tasks.values()):
+        while self.unfinished_jobs():
             if time.monotonic() >= self._drain_deadline:
                 break
             await asyncio.sleep(0.05)
-        unfinished = [job_id for job_id, task in self.tasks.items() if not task.done()]
+        unfinished = self.unfinished_jobs()
         for job_id in unfinished:
             self.tasks[job_id].cancel()
         if unfinished:
