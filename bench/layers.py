@@ -23,6 +23,7 @@ from bench.measure import Bench
 from bench.variants import ONE_ORDER_UPSERT
 from db import totals
 from db.engine import create_engine, create_sessionmaker
+from jobs import runner
 from jobs.context import JobPolicy
 from jobs.models import ComputeOrderTotalPayload, OrderTotalResult
 from jobs.runner import job_entry
@@ -137,6 +138,8 @@ async def wrapper_layers() -> Timings:
         found = []
         for level in ("INFO", "WARNING"):  # one logging set-up at a time: no interleaving here
             configure_logging(level, "json", stream=sink)
+            # A fresh proxy: the runner's cached logger would keep the first level's filtering.
+            runner.log = structlog.get_logger("orderworker.jobs")
             name = f"job wrapper alone (validation, timeout, result), log level {level}"
             found += await _interleaved([(name, lambda n: entry(ctx, order_id=n))])
     finally:
