@@ -18,7 +18,6 @@ from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -27,6 +26,7 @@ from sqlalchemy.ext.asyncio import (
 )
 
 import db.engine
+from db.totals import UPSERT_ONE_TOTAL
 
 
 def pre_ping(enabled: bool) -> Callable[[], None]:
@@ -49,21 +49,8 @@ def autocommit() -> None:
     db.engine.create_sessionmaker = create_sessionmaker
 
 
-# One order, no CTE, no array: what a single-order path could send instead of UPSERT_TOTALS.
-ONE_ORDER_UPSERT = text(
-    """
-    INSERT INTO order_totals (order_id, total, computed_at)
-    SELECT o.id, COALESCE(SUM(i.price * oi.quantity), 0), now()
-    FROM orders o
-    LEFT JOIN order_items oi ON oi.order_id = o.id
-    LEFT JOIN item i ON i.id = oi.item_id
-    WHERE o.id = :order_id
-    GROUP BY o.id
-    ON CONFLICT (order_id) DO UPDATE
-        SET total = EXCLUDED.total, computed_at = EXCLUDED.computed_at
-    RETURNING total
-    """
-)
+# One order, no CTE, no array: the product's own one-order statement, on a Core connection.
+ONE_ORDER_UPSERT = UPSERT_ONE_TOTAL
 CENTS = Decimal("0.01")
 
 
