@@ -20,7 +20,7 @@ from db.schema import current_revision
 from jobs.client import JobOutcome, JobRequest, OrderClient
 from jobs.connection import redis_settings_from_url
 from worker import health
-from worker.batches import BatchRun, BatchSummary, chunked
+from jobs.batches import BatchRun, BatchSummary, chunked
 from worker.settings import Settings
 
 RETRY_PAGE = 500
