@@ -19,10 +19,12 @@ import typer
 from pydantic import SecretStr
 from sqlalchemy import text
 
-from worker.cli import db, resources, totals
+from worker.cli.db import seed, upgrade
 from worker.cli.exits import reports_errors
 from worker.cli.health import live_replicas
+from worker.cli.resources import database, producer
 from worker.cli.runtime import configured, run_async
+from worker.cli.totals import describe_batch, run_batch
 from worker.localstack import LocalStack, state_dir
 from worker.settings import Settings
 
@@ -108,7 +110,7 @@ ALEX_BASKET = [{"item_id": 1, "quantity": 2}, {"item_id": 3, "quantity": 1}]  # 
 async def sample_jobs(settings: Settings) -> bool:
     """A few single jobs through the queue: sample totals, idempotent placement, bad input."""
     ok = True
-    async with resources.producer(settings) as client:
+    async with producer(settings) as client:
         for order_id, expected in SAMPLE_TOTALS.items():
             outcome = await client.wait(await client.compute_order_total(order_id), 30)
             got = Decimal(outcome.result["total"]) if outcome.success else None
@@ -131,7 +133,7 @@ async def sample_jobs(settings: Settings) -> bool:
 
 async def batch_of_everything(settings: Settings) -> bool:
     say("batch totals over every order (the code path of `orderworker totals --all`):")
-    summary = await totals.run_batch(
+    summary = await run_batch(
         settings,
         ids=None,
         chunk_size=settings.totals.chunk_size,
@@ -139,8 +141,8 @@ async def batch_of_everything(settings: Settings) -> bool:
         show_progress=sys.stderr.isatty(),
         timeout_s=120,
     )
-    say(totals.describe_batch(summary))
-    async with resources.database(settings) as engine, engine.connect() as connection:
+    say(describe_batch(summary))
+    async with database(settings) as engine, engine.connect() as connection:
         query = text("SELECT count(*), SUM(total) FROM order_totals")
         rows, total_sum = (await connection.execute(query)).one()
     matches = rows == summary.computed and Decimal(total_sum) == summary.total_sum
@@ -150,10 +152,10 @@ async def batch_of_everything(settings: Settings) -> bool:
 
 
 async def pipeline(settings: Settings, generated: int) -> bool:
-    revision = await db.upgrade(settings)
+    revision = await upgrade(settings)
     say(f"migrations applied (revision {revision})")
     started = time.monotonic()
-    orders = await db.seed(settings, generated)
+    orders = await seed(settings, generated)
     elapsed = time.monotonic() - started
     say(
         f"seeded the sample data + {generated} generated orders ({orders} in all) in {elapsed:.1f}s"
