@@ -117,3 +117,19 @@ def error_document(error: BaseException) -> dict[str, str]:
 def describe(error: BaseException) -> dict[str, Any]:
     """Log fields for an error, without its arguments (they may hold payload data)."""
     return {"error_type": type(error).__name__, **error_document(error)}
+
+
+class IdempotencyConflictError(JobError):
+    code = "idempotency_conflict"
+
+
+# Failures caused by the request itself, not by the worker: a producer reports them as bad input.
+BAD_INPUT_CODES = frozenset(
+    error.code
+    for error in (
+        InvalidPayloadError,
+        UnknownCustomerError,
+        UnknownItemError,
+        IdempotencyConflictError,
+    )
+)

@@ -11,8 +11,8 @@ from sqlalchemy.exc import DBAPIError
 from db import orders, totals
 from jobs.context import JobContext
 from jobs.errors import (
+    IdempotencyConflictError,
     InvalidPayloadError,
-    JobError,
     UnknownCustomerError,
     UnknownItemError,
     UnknownOrderError,
@@ -43,7 +43,7 @@ async def place_order(ctx: JobContext, payload: PlaceOrderPayload) -> OrderTotal
     except orders.UnknownItemsError as error:
         raise UnknownItemError(str(error)) from None
     except orders.IdempotencyConflictError as error:
-        raise JobError(str(error), code="idempotency_conflict") from None
+        raise IdempotencyConflictError(str(error)) from None
     except DBAPIError as error:
         if sqlstate(error) == NUMERIC_OVERFLOW:
             raise InvalidPayloadError(f"order total exceeds {MAX_TOTAL}") from None

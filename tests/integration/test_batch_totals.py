@@ -15,10 +15,10 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from db.seed import generate_orders
+from jobs.batches import BatchRun, chunked
 from jobs.client import OrderClient
 from tests.conftest import poll_until
 from tests.integration.test_queries import expected_totals, totals_rows
-from worker.batches import BatchRun, chunked
 from worker.health import live_replicas
 
 Sessions = async_sessionmaker[AsyncSession]

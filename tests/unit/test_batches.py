@@ -11,9 +11,9 @@ from typing import Any
 from arq import ArqRedis
 from arq.constants import job_key_prefix
 
+from jobs.batches import BatchRun, BatchSummary, chunk_job_id, chunked
 from jobs.client import OrderClient
 from tests.unit.conftest import UNIT_QUEUE, store_result
-from worker.batches import BatchRun, BatchSummary, chunk_job_id, chunked
 
 
 def chunk_result(computed: int, total_sum: str, missing: list[int] | None = None) -> dict[str, Any]:

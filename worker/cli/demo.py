@@ -13,12 +13,18 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from decimal import Decimal
 from pathlib import Path
+from typing import Annotated
 
 import typer
 from pydantic import SecretStr
 from sqlalchemy import text
 
-from worker import commands
+from worker.cli.db import seed, upgrade
+from worker.cli.exits import reports_errors
+from worker.cli.health import live_replicas
+from worker.cli.resources import database, producer
+from worker.cli.runtime import configured, run_async
+from worker.cli.totals import describe_batch, run_batch
 from worker.localstack import LocalStack, state_dir
 from worker.settings import Settings
 
@@ -90,7 +96,7 @@ def worker_processes(
 
 async def wait_for_replicas(settings: Settings, count: int) -> None:
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    while len(await commands.replicas(settings)) < count:
+    while len(await live_replicas(settings)) < count:
         if time.monotonic() > deadline:
             raise TimeoutError(
                 f"{count} worker replicas did not report within {STARTUP_TIMEOUT_S:g}s"
@@ -104,7 +110,7 @@ ALEX_BASKET = [{"item_id": 1, "quantity": 2}, {"item_id": 3, "quantity": 1}]  # 
 async def sample_jobs(settings: Settings) -> bool:
     """A few single jobs through the queue: sample totals, idempotent placement, bad input."""
     ok = True
-    async with commands.producer(settings) as client:
+    async with producer(settings) as client:
         for order_id, expected in SAMPLE_TOTALS.items():
             outcome = await client.wait(await client.compute_order_total(order_id), 30)
             got = Decimal(outcome.result["total"]) if outcome.success else None
@@ -127,7 +133,7 @@ async def sample_jobs(settings: Settings) -> bool:
 
 async def batch_of_everything(settings: Settings) -> bool:
     say("batch totals over every order (the code path of `orderworker totals --all`):")
-    summary = await commands.totals(
+    summary = await run_batch(
         settings,
         ids=None,
         chunk_size=settings.totals.chunk_size,
@@ -135,8 +141,8 @@ async def batch_of_everything(settings: Settings) -> bool:
         show_progress=sys.stderr.isatty(),
         timeout_s=120,
     )
-    say(commands.describe_batch(summary))
-    async with commands.database(settings) as engine, engine.connect() as connection:
+    say(describe_batch(summary))
+    async with database(settings) as engine, engine.connect() as connection:
         query = text("SELECT count(*), SUM(total) FROM order_totals")
         rows, total_sum = (await connection.execute(query)).one()
     matches = rows == summary.computed and Decimal(total_sum) == summary.total_sum
@@ -146,10 +152,10 @@ async def batch_of_everything(settings: Settings) -> bool:
 
 
 async def pipeline(settings: Settings, generated: int) -> bool:
-    revision = await commands.upgrade(settings)
+    revision = await upgrade(settings)
     say(f"migrations applied (revision {revision})")
     started = time.monotonic()
-    orders = await commands.seed(settings, generated)
+    orders = await seed(settings, generated)
     elapsed = time.monotonic() - started
     say(
         f"seeded the sample data + {generated} generated orders ({orders} in all) in {elapsed:.1f}s"
@@ -161,8 +167,6 @@ async def pipeline(settings: Settings, generated: int) -> bool:
 
 
 def run_demo(settings: Settings, generated_orders: int) -> int:
-    from worker.cli import run_async
-
     # The demo prints its own story; migration chatter stays out of it.
     logging.getLogger("alembic").setLevel(logging.WARNING)
     started = time.monotonic()
@@ -175,3 +179,13 @@ def run_demo(settings: Settings, generated_orders: int) -> int:
         ok &= all(code == 0 for code in codes)
     say(f"demo {'succeeded' if ok else 'FAILED'} in {time.monotonic() - started:.1f}s")
     return 0 if ok else 1
+
+
+@reports_errors
+@configured(database=False, redis=False)
+def demo(
+    settings: Settings,
+    orders: Annotated[int, typer.Option(min=0, help="Generated orders to total.")] = 10_000,
+) -> None:
+    """The whole pipeline end to end, on a private local stack unless URLs are configured."""
+    raise typer.Exit(run_demo(settings, orders))

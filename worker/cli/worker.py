@@ -1,0 +1,32 @@
+"""`orderworker worker`: run one replica."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from worker.cli.exits import EXIT_FAILED, fail, reports_errors
+from worker.cli.runtime import configured, run_async
+from worker.replica import StartupError, run_replica
+from worker.settings import Settings
+
+
+@reports_errors
+@configured(database=True, redis=True)
+def worker(
+    settings: Settings,
+    burst: Annotated[bool, typer.Option(help="Exit once the queue is empty.")] = False,
+    concurrency: Annotated[
+        int | None, typer.Option(min=1, max=1000, help="Jobs run at once by this replica.")
+    ] = None,
+) -> None:
+    """Run one worker replica until SIGTERM/SIGINT (in-flight jobs drain first)."""
+    if concurrency is not None:
+        settings = settings.model_copy(
+            update={"worker": settings.worker.model_copy(update={"concurrency": concurrency})}
+        )
+    try:
+        run_async(run_replica(settings, burst=burst))
+    except StartupError as error:
+        fail(str(error), EXIT_FAILED)
