@@ -27,7 +27,7 @@ MIB = 1024 * 1024
 # would compile every module it imports (~3.5 s of a worker's start). Children cache bytecode here
 # instead, as a deployed image does (UV_COMPILE_BYTECODE=1); the cache is warmed before timing.
 BYTECODE_CACHE = Path(__file__).with_name("results") / "pycache"
-WARM_IMPORTS = "import worker.cli, worker.commands, worker.replica, bench.noop_worker"
+WARM_IMPORTS = "import worker.cli, worker.replica, bench.noop_worker"
 
 
 @dataclass(frozen=True, slots=True)

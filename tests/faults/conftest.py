@@ -36,11 +36,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from db.engine import create_engine, create_sessionmaker
 from db.migrate import upgrade_to_head
 from db.seed import generate_orders, load_sample
+from jobs.batches import BatchRun, BatchSummary, chunk_job_id, chunked
 from jobs.client import OrderClient, new_batch_id
 from jobs.connection import REDIS_ERRORS, redis_settings_from_url
 from jobs.functions import ARQ_TIMEOUT_MARGIN_S
 from tests.conftest import REPO_ROOT, admin_execute, cli_env, database_url_named, poll_until
-from worker.batches import BatchRun, BatchSummary, chunk_job_id, chunked
 from worker.localstack import free_port, wait_for_port
 from worker.settings import Settings
 
