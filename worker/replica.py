@@ -25,7 +25,13 @@ from worker.arq_seam.dead_letters import DeadLetters
 from worker.arq_seam.worker import SeamWorker
 from worker.settings import Settings
 
-__all__ = ["MAX_RECONNECT_DELAY_S", "OrderWorker", "StartupError", "run_replica"]
+__all__ = [
+    "MAX_RECONNECT_DELAY_S",
+    "OrderWorker",
+    "StartupError",
+    "run_replica",
+    "run_until_stopped",
+]
 
 log = structlog.get_logger("orderworker.worker")
 
@@ -134,6 +140,11 @@ async def run_replica(settings: Settings, *, burst: bool = False) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, worker.request_stop, signum)
+    await run_until_stopped(worker)
+
+
+async def run_until_stopped(worker: OrderWorker) -> None:
+    """Run a replica to its end: a drain ends it without an error, whatever came in between."""
     try:
         await worker.async_run()
     except asyncio.CancelledError:

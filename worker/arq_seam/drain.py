@@ -47,7 +47,7 @@ class Drain:
     def request(self, signum: signal.Signals) -> None:
         if self.stopping:  # a second signal cuts the grace period short
             log.info("worker.stopping_now", signal=signum.name)
-            self._deadline = 0.0
+            self._deadline = min(self._deadline, time.monotonic())
             return
         self.stopping = True
         # From here on a claim that comes back is given back (intake.py): no new job starts.
