@@ -95,6 +95,8 @@ class SeamWorker(Worker):
             log.warning(
                 "job.result_not_stored", job_id=job_id, error=f"{type(error).__name__}: {error}"
             )
+        finally:
+            self.finishing.was_cut_off(job_id)  # forgotten even if finish_job never ran
 
     async def finish_job(
         self,
