@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TypedDict
+from typing import Protocol, TypedDict
 
 from arq import ArqRedis
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,14 +20,23 @@ class JobPolicy:
     subchunk_size: int
 
 
+class DeadLetterRecorder(Protocol):
+    async def record_job_failure(
+        self, ctx: JobContext, function: str, error: BaseException
+    ) -> None:
+        """Record a job that failed for good; never raises (a failure to record is logged)."""
+
+
 class WorkerContext(TypedDict):
     redis: ArqRedis
+    engine: AsyncEngine
     sessionmaker: async_sessionmaker[AsyncSession]
     # Sessions in autocommit mode: for work that is a single statement (its own transaction).
     single_statement_sessionmaker: async_sessionmaker[AsyncSession]
     # Bounds concurrent database work across all jobs of this replica to the pool's size.
     db_slots: asyncio.Semaphore
     policy: JobPolicy
+    dead_letters: DeadLetterRecorder
 
 
 class JobContext(WorkerContext):

@@ -6,7 +6,6 @@ import asyncio
 from typing import Any
 
 from arq.jobs import DeserializationError
-from arq.worker import JobExecutionFailed
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
@@ -87,7 +86,8 @@ def is_transient(error: BaseException) -> bool:
 
 
 def error_document(error: BaseException) -> dict[str, str]:
-    """How a failure is stored in a job's result and in dead letters: `{"code", "message"}`."""
+    """How a failure is stored in a job's result and in dead letters: `{"code", "message"}`.
+    (Failures arq decides itself get theirs from worker/arq_seam/wording.py.)"""
     if isinstance(error, BaseExceptionGroup):
         permanent = [inner for inner in error.exceptions if isinstance(inner, JobError)]
         return error_document(permanent[0] if permanent else error.exceptions[0])
@@ -96,15 +96,6 @@ def error_document(error: BaseException) -> dict[str, str]:
     if isinstance(error, DeserializationError):
         cause = error.__cause__
         return {"code": "undecodable_payload", "message": str(cause or error)}
-    if isinstance(error, JobExecutionFailed):
-        text = str(error)
-        if "not found" in text:
-            return {"code": "unknown_function", "message": text}
-        if "retries exceeded" in text:
-            return {"code": "retries_exhausted", "message": text}
-        if "expired" in text:
-            return {"code": "expired", "message": text}
-        return {"code": "job_failed", "message": text}
     if isinstance(error, DBAPIError):
         # The driver's own message, without SQLAlchemy's copy of the statement.
         code = "database_unavailable" if is_transient(error) else "database_error"

@@ -98,19 +98,19 @@ def registry(job_timeout_s: float, max_tries: int) -> list[Function]:
     arq_timeout = job_timeout_s + ARQ_TIMEOUT_MARGIN_S
     return [
         func(
-            job_entry("place_order", PlaceOrderPayload, place_order),  # type: ignore[arg-type]
+            job_entry("place_order", PlaceOrderPayload, place_order),
             name="place_order",
             timeout=arq_timeout,
             max_tries=max_tries,
         ),
         func(
-            job_entry("compute_order_total", ComputeOrderTotalPayload, compute_order_total),  # type: ignore[arg-type]
+            job_entry("compute_order_total", ComputeOrderTotalPayload, compute_order_total),
             name="compute_order_total",
             timeout=arq_timeout,
             max_tries=max_tries,
         ),
         func(
-            job_entry("compute_batch_totals", ComputeBatchTotalsPayload, compute_batch_totals),  # type: ignore[arg-type]
+            job_entry("compute_batch_totals", ComputeBatchTotalsPayload, compute_batch_totals),
             name="compute_batch_totals",
             timeout=arq_timeout,
             max_tries=max_tries,

@@ -1,13 +1,13 @@
 """Wraps each job: validates its payload, classifies failures, retries transient ones with backoff,
-and logs one summary line per run."""
+records the ones that fail for good as dead letters, and logs one summary line per run."""
 
 from __future__ import annotations
 
 import asyncio
 import random
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar, cast
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
 
 import structlog
 from arq import Retry
@@ -20,7 +20,7 @@ log = structlog.get_logger("orderworker.jobs")
 
 PayloadT = TypeVar("PayloadT", bound=BaseModel)
 JobBody = Callable[[JobContext, PayloadT], Awaitable[BaseModel]]
-JobEntry = Callable[..., Awaitable[dict[str, Any]]]
+JobEntry = Callable[..., Coroutine[Any, Any, dict[str, Any]]]
 
 
 def backoff_delay(policy: JobPolicy, job_try: int) -> float:
@@ -40,8 +40,7 @@ def validation_message(error: ValidationError) -> str:
 def job_entry(name: str, payload_model: type[PayloadT], body: JobBody[PayloadT]) -> JobEntry:
     """The coroutine arq calls: keyword arguments in, a JSON-ready result dict out."""
 
-    async def entry(ctx: dict[str, Any], *args: Any, **kwargs: Any) -> dict[str, Any]:
-        job_ctx = cast(JobContext, ctx)
+    async def entry(job_ctx: JobContext, *args: Any, **kwargs: Any) -> dict[str, Any]:
         policy = job_ctx["policy"]
         started = time.perf_counter()
         structlog.contextvars.bind_contextvars(
@@ -58,16 +57,20 @@ def job_entry(name: str, payload_model: type[PayloadT], body: JobBody[PayloadT])
                 result = await body(job_ctx, payload)
         except JobError as error:
             log.warning("job.failed", **describe(error), duration_ms=_ms_since(started))
+            await job_ctx["dead_letters"].record_job_failure(job_ctx, name, error)
             raise
         except Exception as error:
             if not is_transient(error):
                 log.exception("job.crashed", **describe(error), duration_ms=_ms_since(started))
+                await job_ctx["dead_letters"].record_job_failure(job_ctx, name, error)
                 raise
             if job_ctx["job_try"] >= policy.max_tries:
                 log.warning("job.gave_up", **describe(error), duration_ms=_ms_since(started))
-                raise RetriesExhaustedError(
+                exhausted = RetriesExhaustedError(
                     f"gave up after {job_ctx['job_try']} tries: {describe(error)['message']}"
-                ) from error
+                )
+                await job_ctx["dead_letters"].record_job_failure(job_ctx, name, exhausted)
+                raise exhausted from error
             delay = backoff_delay(policy, job_ctx["job_try"])
             log.warning(
                 "job.retrying",

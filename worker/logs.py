@@ -11,6 +11,8 @@ from typing import Any, Literal, TextIO
 import structlog
 from structlog.typing import EventDict, Processor
 
+from worker.arq_seam.wording import is_arq_job_failure_line
+
 PASSWORD_IN_URL = re.compile(r"(://[^:/@\s]*:)[^@\s]+@")
 SECRET_KEYS = ("password", "secret", "token", "database_url", "redis_url")
 
@@ -30,7 +32,7 @@ class WithoutArqJobFailures(logging.Filter):
     copy of every failure, at ERROR with a traceback, would be a second and alarming one."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.exc_info and " failed, " in record.getMessage())
+        return not is_arq_job_failure_line(record)
 
 
 class NamedWriteLogger(structlog.WriteLogger):

@@ -13,7 +13,7 @@ from arq.constants import (
 )
 from redis.asyncio import Redis
 
-from worker.queue_scripts import QueueScripts
+from worker.arq_seam.scripts import QueueScripts
 
 TTL_MS = 15_000
 

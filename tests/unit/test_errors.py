@@ -12,7 +12,6 @@ import pytest
 import structlog
 from arq import Retry
 from arq.jobs import DeserializationError
-from arq.worker import JobExecutionFailed
 from pydantic import BaseModel
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
@@ -136,19 +135,6 @@ def test_an_undecodable_payload_reports_the_cause() -> None:
     }
 
 
-@pytest.mark.parametrize(
-    ("message", "code"),
-    [
-        ("function 'x' not found", "unknown_function"),
-        ("max 5 retries exceeded", "retries_exhausted"),
-        ("job expired", "expired"),
-        ("something else", "job_failed"),
-    ],
-)
-def test_arq_execution_failures_have_codes(message: str, code: str) -> None:
-    assert error_document(JobExecutionFailed(message)) == {"code": code, "message": message}
-
-
 def test_a_group_is_reported_by_its_first_permanent_error() -> None:
     group = ExceptionGroup("tasks", [ConnectionError("reset"), UnknownOrderError("order 4")])
     assert error_document(group) == {"code": "unknown_order", "message": "order 4"}
@@ -172,8 +158,30 @@ def test_other_failures_are_internal_errors_or_aborts() -> None:
     }
 
 
+class DeadLetterList:
+    """Stands in for the replica's dead letters: what the runner asked to record."""
+
+    def __init__(self) -> None:
+        self.recorded: list[tuple[str, str, int, dict[str, str]]] = []
+
+    async def record_job_failure(
+        self, ctx: JobContext, function: str, error: BaseException
+    ) -> None:
+        self.recorded.append((ctx["job_id"], function, ctx["job_try"], error_document(error)))
+
+
 def job_ctx(job_try: int = 1, policy: JobPolicy = POLICY) -> dict[str, Any]:
-    return {"job_id": "job-1", "job_try": job_try, "policy": policy}
+    return {
+        "job_id": "job-1",
+        "job_try": job_try,
+        "policy": policy,
+        "dead_letters": DeadLetterList(),
+    }
+
+
+def recorded(ctx: dict[str, Any]) -> list[tuple[str, str, int, dict[str, str]]]:
+    letters: DeadLetterList = ctx["dead_letters"]
+    return letters.recorded
 
 
 async def total_of_thirty(ctx: JobContext, payload: ComputeOrderTotalPayload) -> OrderTotalResult:
@@ -219,8 +227,10 @@ def test_backoff_stays_within_its_exponential_ceiling() -> None:
 
 async def test_a_successful_job_returns_json_ready_data() -> None:
     assert THIRTY.__name__ == "compute_order_total"
-    result, line = await run_logged(THIRTY, job_ctx(), order_id=1)
+    ctx = job_ctx()
+    result, line = await run_logged(THIRTY, ctx, order_id=1)
     assert result == {"order_id": 1, "total": "30.00"}
+    assert recorded(ctx) == []
     assert line["event"] == "job.done"
     assert line["job"] == "compute_order_total"
     assert line["duration_ms"] >= 0
@@ -229,10 +239,12 @@ async def test_a_successful_job_returns_json_ready_data() -> None:
 async def test_an_invalid_payload_fails_naming_the_field() -> None:
     entry = entry_raising(AssertionError("the body must not run"), PlaceOrderPayload)
     items = [{"item_id": 1, "quantity": "2"}]
-    error, line = await run_logged(entry, job_ctx(), customer_id=1, items=items)
+    ctx = job_ctx()
+    error, line = await run_logged(entry, ctx, customer_id=1, items=items)
     assert isinstance(error, InvalidPayloadError)
     assert error.message.startswith("items.0.quantity: Input should be a valid integer")
     assert (line["event"], line["code"]) == ("job.failed", "invalid_payload")
+    assert recorded(ctx) == [("job-1", "compute_order_total", 1, error.to_document())]
 
 
 async def test_missing_and_extra_arguments_are_invalid_payloads() -> None:
@@ -252,10 +264,10 @@ async def test_positional_arguments_are_refused() -> None:
 
 async def test_a_transient_fault_before_the_last_try_is_retried_with_backoff() -> None:
     for job_try in (1, 2):
-        error, line = await run_logged(
-            entry_raising(database_error("40P01")), job_ctx(job_try), order_id=1
-        )
+        ctx = job_ctx(job_try)
+        error, line = await run_logged(entry_raising(database_error("40P01")), ctx, order_id=1)
         assert isinstance(error, Retry)
+        assert recorded(ctx) == []  # not a dead letter: it runs again
         ceiling_ms = 1000 * POLICY.retry_base_delay_s * 2 ** (job_try - 1)
         assert error.defer_score is not None
         assert 0 <= error.defer_score <= ceiling_ms
@@ -265,8 +277,10 @@ async def test_a_transient_fault_before_the_last_try_is_retried_with_backoff() -
 
 async def test_a_transient_fault_on_the_last_try_exhausts_the_retries() -> None:
     cause = ConnectionError("database went away")
-    error, line = await run_logged(entry_raising(cause), job_ctx(POLICY.max_tries), order_id=1)
+    ctx = job_ctx(POLICY.max_tries)
+    error, line = await run_logged(entry_raising(cause), ctx, order_id=1)
     assert isinstance(error, RetriesExhaustedError)
+    assert recorded(ctx) == [("job-1", "compute_order_total", 3, error.to_document())]
     assert error.code == "retries_exhausted"
     assert "after 3 tries" in error.message
     assert "database went away" in error.message
@@ -287,18 +301,21 @@ async def test_a_job_timeout_is_a_transient_fault() -> None:
 
 
 async def test_a_permanent_error_is_never_retried() -> None:
-    error, line = await run_logged(
-        entry_raising(UnknownOrderError("order 1")), job_ctx(), order_id=1
-    )
+    ctx = job_ctx()
+    error, line = await run_logged(entry_raising(UnknownOrderError("order 1")), ctx, order_id=1)
     assert isinstance(error, UnknownOrderError)
     assert (line["event"], line["code"]) == ("job.failed", "unknown_order")
+    assert [letter[3]["code"] for letter in recorded(ctx)] == ["unknown_order"]
 
 
 async def test_a_bug_in_a_job_is_raised_as_is_and_logged_as_a_crash() -> None:
     bug = KeyError("oops")
-    error, line = await run_logged(entry_raising(bug), job_ctx(), order_id=1)
+    ctx = job_ctx()
+    error, line = await run_logged(entry_raising(bug), ctx, order_id=1)
     assert error is bug
     assert (line["event"], line["code"]) == ("job.crashed", "internal_error")
+    crash = {"code": "internal_error", "message": "KeyError: 'oops'"}
+    assert recorded(ctx) == [("job-1", "compute_order_total", 1, crash)]
 
 
 async def test_the_wrapper_unbinds_only_its_own_context() -> None:

@@ -4,7 +4,9 @@ arq claims each job on its own (WATCH, EXISTS and ZSCORE, then MULTI/PSETEX/EXEC
 trips and six commands a job) and finishes it with a six-command transaction. For jobs that take
 a millisecond, that bookkeeping is most of a replica's CPU. These scripts do the same checks and
 writes atomically in one command: a claim for a whole list of job ids, a finish for one job. Other
-arq workers and producers on the same queue stay compatible: keys, TTLs and conditions are arq's.
+arq workers and producers on the same queue stay compatible: keys, TTLs and conditions are arq's
+(checked against arq's Worker.start_jobs and Worker.finish_job, arq 0.28.0, by
+tests/integration/test_queue_scripts.py).
 """
 
 from __future__ import annotations
@@ -61,6 +63,16 @@ return 1
 """
 
 
+# KEYS: retry keys of jobs cut off by a drain. A key that is gone belongs to a job that finished
+# after all (arq deleted it): decrementing it would leave a stray negative count behind.
+GIVE_BACK_SCRIPT = """
+for i = 1, #KEYS do
+    if redis.call('EXISTS', KEYS[i]) == 1 then redis.call('DECR', KEYS[i]) end
+end
+return 1
+"""
+
+
 @dataclass(frozen=True, slots=True)
 class Claimed:
     examined: int  # how many of the given ids were looked at; the rest are for a later call
@@ -72,6 +84,8 @@ class QueueScripts:
         self.queue_name = queue_name
         self._claim: AsyncScript = redis.register_script(CLAIM_SCRIPT)
         self._finish: AsyncScript = redis.register_script(FINISH_SCRIPT)
+        self._give_back: AsyncScript = redis.register_script(GIVE_BACK_SCRIPT)
+        self._redis = redis
 
     async def claim(
         self,
@@ -105,3 +119,13 @@ class QueueScripts:
         ]
         ttl = "" if result_ttl_ms is None else str(result_ttl_ms)
         await self._finish(keys=keys, args=[result, ttl, job_id])
+
+    async def release(self, job_ids: list[str]) -> None:
+        """Give back claims on jobs that were never started: free for any replica at once."""
+        if job_ids:
+            await self._redis.delete(*(in_progress_key_prefix + job_id for job_id in job_ids))
+
+    async def give_back_tries(self, job_ids: list[str]) -> None:
+        """Jobs cut off mid-run by a drain run again later without losing a try."""
+        if job_ids:
+            await self._give_back(keys=[retry_key_prefix + job_id for job_id in job_ids])

@@ -1,0 +1,122 @@
+"""arq's wording, produced by arq itself: the failures it decides (expired, unknown function, max
+tries exceeded, its own timeout) get our codes and dead letters, and its log line for a failed job
+is the one the log filter drops. If an arq upgrade changes a text, these fail."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from typing import Any
+
+import pytest
+from arq.constants import job_key_prefix, retry_key_prefix
+from arq.worker import Function
+from redis.asyncio import Redis
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from db.failed_jobs import list_failures
+from jobs.client import OrderClient
+from tests.conftest import StartWorker, poll_until
+from worker.arq_seam.wording import is_arq_job_failure_line
+from worker.settings import Settings
+
+Sessions = async_sessionmaker[AsyncSession]
+WAIT_S = 15.0
+
+
+def envelope(function: str, **kwargs: Any) -> bytes:
+    document = {"t": 1, "f": function, "a": [], "k": kwargs, "et": int(time.time() * 1000)}
+    return json.dumps(document, separators=(",", ":")).encode()
+
+
+async def dead_letter(sessionmaker: Sessions, job_id: str) -> tuple[str, str, str, int]:
+    async def recorded() -> bool:
+        async with sessionmaker() as session:
+            return bool(await list_failures(session, job_ids=[job_id]))
+
+    await poll_until(recorded, f"dead letter of {job_id}")
+    async with sessionmaker() as session:
+        (row,) = await list_failures(session, job_ids=[job_id])
+    return row.function, row.error_code, row.error_message, row.tries
+
+
+async def test_a_job_whose_envelope_expired(
+    start_worker: StartWorker, client: OrderClient, redis: Redis, sessionmaker: Sessions
+) -> None:
+    await start_worker()
+    job_id = f"expired-{uuid.uuid4().hex}"
+    await redis.zadd(client.queue_name, {job_id: int(time.time() * 1000)})  # no arq:job:<id>
+    outcome = await client.wait(job_id, WAIT_S)
+    assert outcome.result == {"code": "expired", "message": "job expired"}
+    assert await dead_letter(sessionmaker, job_id) == ("<unknown>", "expired", "job expired", 1)
+
+
+async def test_a_job_for_an_unknown_function(
+    start_worker: StartWorker, client: OrderClient, redis: Redis, sessionmaker: Sessions
+) -> None:
+    await start_worker()
+    job_id = f"unknown-{uuid.uuid4().hex}"
+    await redis.set(job_key_prefix + job_id, envelope("nope"), px=60_000)
+    await redis.zadd(client.queue_name, {job_id: int(time.time() * 1000)})
+    outcome = await client.wait(job_id, WAIT_S)
+    message = "function 'nope' not found"
+    assert outcome.result == {"code": "unknown_function", "message": message}
+    assert await dead_letter(sessionmaker, job_id) == ("nope", "unknown_function", message, 1)
+
+
+async def test_a_job_past_its_tries(
+    seeded: None,
+    settings: Settings,
+    start_worker: StartWorker,
+    client: OrderClient,
+    redis: Redis,
+    sessionmaker: Sessions,
+) -> None:
+    await start_worker()
+    max_tries = settings.worker.max_tries
+    job_id = f"tried-{uuid.uuid4().hex}"
+    await redis.set(retry_key_prefix + job_id, str(max_tries), px=60_000)  # every try used
+    await redis.set(job_key_prefix + job_id, envelope("compute_order_total", order_id=1))
+    await redis.zadd(client.queue_name, {job_id: int(time.time() * 1000)})
+    outcome = await client.wait(job_id, WAIT_S)
+    message = f"max {max_tries} retries exceeded"
+    assert outcome.result == {"code": "retries_exhausted", "message": message}
+    assert await dead_letter(sessionmaker, job_id) == (
+        "compute_order_total",
+        "retries_exhausted",
+        message,
+        max_tries + 1,
+    )
+
+
+async def test_arqs_own_timeout_is_recorded_and_its_log_line_recognised(
+    seeded: None,
+    start_worker: StartWorker,
+    client: OrderClient,
+    sessionmaker: Sessions,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    worker = await start_worker()
+    warm = await client.wait(await client.compute_order_total(1), WAIT_S)  # its totals row
+    assert warm.success
+    function = worker.functions["compute_order_total"]
+    assert isinstance(function, Function)
+    function.timeout_s = 0.3  # arq's timeout, well before the job's own (retryable) one
+    with caplog.at_level(logging.ERROR, logger="arq.worker"):
+        async with sessionmaker.begin() as session:  # hold the row the job must update
+            await session.execute(text("SELECT 1 FROM order_totals WHERE order_id = 1 FOR UPDATE"))
+            job_id = await client.compute_order_total(1)
+            outcome = await client.wait(job_id, WAIT_S)
+    assert outcome.result == {"code": "internal_error", "message": "TimeoutError: "}
+    assert await dead_letter(sessionmaker, job_id) == (
+        "compute_order_total",
+        "internal_error",
+        "TimeoutError: ",
+        1,
+    )
+    failures = [record for record in caplog.records if job_id in record.getMessage()]
+    assert failures, "arq logged no failure line for the job"
+    assert all(is_arq_job_failure_line(record) for record in failures)

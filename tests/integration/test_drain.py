@@ -1,0 +1,75 @@
+"""SIGTERM mid-batch, at the racy moments: one or two stop requests while chunk jobs are being
+claimed, started and finished. Every drain ends cleanly, and every job is either finished or back
+in the queue, unclaimed, with its try given back."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import signal
+
+from arq.constants import in_progress_key_prefix, result_key_prefix, retry_key_prefix
+from redis.asyncio import Redis
+
+from jobs.client import OrderClient
+from tests.conftest import poll_until
+from worker.replica import OrderWorker, run_until_stopped
+from worker.settings import Settings
+
+ROUNDS = 12
+CHUNKS = 40
+CHUNK_SIZE = 20
+
+
+async def enqueue_chunks(client: OrderClient, round_no: int) -> list[str]:
+    job_ids = []
+    for chunk in range(CHUNKS):
+        start = (round_no * CHUNKS + chunk) * CHUNK_SIZE + 1
+        order_ids = list(range(start, start + CHUNK_SIZE))  # unknown orders: counted as missing
+        job_ids.append(await client.enqueue("compute_batch_totals", order_ids=order_ids))
+    return job_ids
+
+
+async def stop_at_a_racy_moment(worker: OrderWorker, rng: random.Random) -> None:
+    taken = rng.randrange(0, 12)  # after this many jobs were claimed (running or done)
+    await poll_until(lambda: worker.jobs_complete + len(worker.tasks) >= taken, "claims")
+    for _ in range(rng.randrange(0, 4)):
+        await asyncio.sleep(0)  # a few loop turns: into a claim, a start, a finish
+    worker.request_stop(signal.SIGTERM)
+    if rng.random() < 0.7:  # uv forwards SIGTERM to the process group: a second one follows
+        for _ in range(rng.randrange(0, 3)):
+            await asyncio.sleep(0)
+        worker.request_stop(signal.SIGTERM)
+
+
+async def assert_finished_or_requeued(redis: Redis, queue_name: str, job_ids: list[str]) -> int:
+    """Returns how many jobs went back to the queue."""
+    requeued = 0
+    for job_id in job_ids:
+        if await redis.exists(result_key_prefix + job_id):
+            assert await redis.zscore(queue_name, job_id) is None
+            continue
+        requeued += 1
+        assert await redis.zscore(queue_name, job_id) is not None, job_id
+        assert not await redis.exists(in_progress_key_prefix + job_id), job_id
+        tries = await redis.get(retry_key_prefix + job_id)
+        assert int(tries or 0) == 0, (job_id, tries)
+    return requeued
+
+
+async def test_a_drain_at_any_moment_ends_cleanly_and_requeues_without_using_a_try(
+    seeded: None, settings: Settings, client: OrderClient, redis: Redis, queue_name: str
+) -> None:
+    rng = random.Random(20_000)
+    tuning = settings.worker.model_copy(update={"concurrency": 20, "shutdown_grace_s": 0.05})
+    requeued_in_all = 0
+    for round_no in range(ROUNDS):
+        job_ids = await enqueue_chunks(client, round_no)
+        worker = OrderWorker(settings.model_copy(update={"worker": tuning}), max_jobs=20)
+        run = asyncio.create_task(run_until_stopped(worker))
+        await stop_at_a_racy_moment(worker, rng)
+        await asyncio.wait_for(run, 30)  # raises whatever escaped the replica
+        assert worker.stopping
+        requeued_in_all += await assert_finished_or_requeued(redis, queue_name, job_ids)
+        await redis.delete(queue_name)  # the next round starts from an empty queue
+    assert requeued_in_all > 0  # the rounds did stop mid-batch
