@@ -19,12 +19,12 @@ from tests.faults.conftest import (
     PrivateStack,
     SpawnWorker,
     StallBatch,
-    WorkerProcess,
     assert_batch_exact,
     job_tries,
     totals_reach,
     wait_for_batch,
 )
+from worker.harness.replicas import Replica
 from worker.replica import MAX_RECONNECT_DELAY_S
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
@@ -36,7 +36,7 @@ RESUME_BOUND_S = MAX_RECONNECT_DELAY_S + 2
 
 @dataclass
 class RedisRestart:
-    workers: list[WorkerProcess]
+    workers: list[Replica]
     recovered_s: float  # from Redis being back to every replica taking jobs again
 
 

@@ -18,13 +18,13 @@ from tests.faults.conftest import (
     ORDER_COUNT,
     SpawnWorker,
     StallBatch,
-    WorkerProcess,
     assert_batch_exact,
     count_totals,
     job_tries,
     totals_reach,
     wait_for_batch,
 )
+from worker.harness.replicas import Replica
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
@@ -111,8 +111,8 @@ async def test_a_job_cut_off_by_the_grace_period_is_requeued_without_using_a_try
     assert successor.alive(), successor.excerpt()
 
 
-def assert_clean_log(worker: WorkerProcess) -> None:
+def assert_clean_log(worker: Replica) -> None:
     """No traceback, no logged exception, nothing at error level."""
-    assert "Traceback" not in worker.stderr(), worker.excerpt()
+    assert "Traceback" not in worker.log(), worker.excerpt()
     bad = [e for e in worker.events() if "exception" in e or e["level"] in ("error", "critical")]
     assert bad == [], bad[:3]
