@@ -13,12 +13,13 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from bench.baselines import truncate_totals, verify_totals
+from bench.baselines import truncate_totals
 from bench.drain import enqueue_single_jobs
 from bench.measure import Bench
 from bench.noop_worker import NOOP_FUNCTION
 from bench.processes import Child
 from bench.stack import clear_queue_keys
+from worker.harness.checks import check_totals
 
 SAMPLE_RATE_HZ = 250
 PROFILE_TIMEOUT_S = 600.0
@@ -194,7 +195,7 @@ async def profile_per_order(bench: Bench, jobs: int, noop_args: Callable[[str], 
             lambda _: ["worker", "worker", "--burst"],
             jobs,
         )
-        check = await verify_totals(bench.engine, bench.first_id, bench.first_id + jobs - 1)
+        check = await check_totals(bench.engine, bench.first_id, bench.first_id + jobs - 1)
         bare = await profile_burst(
             bench, "profile-bare-arq", NOOP_FUNCTION, lambda q: [*noop_args(q), "--burst"], jobs
         )

@@ -48,10 +48,57 @@ def _checked(outcome: Outcome, note: str) -> str:
 
 def build_rows(results: Results, settings: Settings) -> list[Row]:
     assert results.submit and results.jobs and results.seed
+    rows = _batch_rows(results)
+    seed = results.seed
+    rows.append(
+        Row(
+            "seed approach: TaskGroup, one session per order, pool of 5",
+            _count(seed, "orders"),
+            seed.seconds,
+            seed.rate,
+            "orders/s",
+            ratio=seed.rate / results.sql_limits[1].rate,
+            baseline="SQL limit",
+            note=_checked(
+                seed, f"1-replica batch is {results.batch[1].rate / seed.rate:.0f}x this"
+            ),
+        )
+    )
+    rows += _job_rows(results, settings)
+    submit = results.submit
+    rows.append(
+        Row(
+            "CLI submit: `totals --all --no-wait` (no worker)",
+            _count(submit, "orders"),
+            submit.seconds,
+            submit.rate,
+            "orders/s",
+            target=f">= {SUBMIT_TARGET:,.0f} orders/s",
+            passed=submit.rate >= SUBMIT_TARGET,
+            note=f"{submit.note}; keyset pages + pipelined enqueue",
+        )
+    )
+    rows += [
+        Row(
+            f"{name} worker: start until ready, empty queue",
+            "",
+            start.seconds_to_ready,
+            start.cpu_s,
+            "CPU s",
+            note=f"CPU over its whole life, start to stop; {start.rss_mib:.0f} MiB peak RSS",
+        )
+        for name, start in results.startup.items()
+    ]
+    return rows + _memory_rows(results)
+
+
+def _batch_rows(results: Results) -> list[Row]:
+    """Each batch row after the SQL limit measured right before it, its baseline."""
     rows = []
     for replicas, outcome in sorted(results.batch.items()):
         limit = results.sql_limits[replicas]
         ratio = outcome.rate / limit.rate
+        note = "measured right before, as the baseline of the next row"
         rows.append(
             Row(
                 "SQL limit: one INSERT ... SELECT SUM ... GROUP BY ... ON CONFLICT",
@@ -59,7 +106,7 @@ def build_rows(results: Results, settings: Settings) -> list[Row]:
                 limit.seconds,
                 limit.rate,
                 "orders/s",
-                note=_checked(limit, "measured right before, as the baseline of the next row"),
+                note=_checked(limit, note),
             )
         )
         rows.append(
@@ -76,27 +123,17 @@ def build_rows(results: Results, settings: Settings) -> list[Row]:
                 note=_checked(outcome, "CLI wall time: submit + wait"),
             )
         )
-    seed = results.seed
-    rows.append(
-        Row(
-            "seed approach: TaskGroup, one session per order, pool of 5",
-            _count(seed, "orders"),
-            seed.seconds,
-            seed.rate,
-            "orders/s",
-            ratio=seed.rate / results.sql_limits[1].rate,
-            baseline="SQL limit",
-            note=_checked(
-                seed, f"1-replica batch is {results.batch[1].rate / seed.rate:.0f}x this"
-            ),
-        )
-    )
-    same, defaults = results.noop["same"], results.noop["defaults"]
-    jobs = results.jobs
+    return rows
+
+
+def _job_rows(results: Results, settings: Settings) -> list[Row]:
+    """Single jobs on one replica, then the bare arq worker with our tuning and with its own."""
+    assert results.jobs is not None
+    same, defaults, jobs = results.noop["same"], results.noop["defaults"], results.jobs
     ratio = jobs.rate / same.rate
-    steady = jobs.count / jobs.steady_seconds if jobs.steady_seconds else 0.0
     cpu = _cpu_per_job(jobs, results.startup.get("orderworker"))
-    rows.append(
+    note = f"{jobs.note}; {_steady(jobs):,.0f} jobs/s after it; {cpu}"
+    rows = [
         Row(
             "`compute_order_total` jobs, 1 replica",
             _count(jobs, "jobs"),
@@ -107,16 +144,15 @@ def build_rows(results: Results, settings: Settings) -> list[Row]:
             baseline="bare arq",
             target=f">= {JOBS_TARGET}x",
             passed=ratio >= JOBS_TARGET and jobs.ok,
-            note=_checked(jobs, f"{jobs.note}; {steady:,.0f} jobs/s after it; {cpu}"),
+            note=_checked(jobs, note),
         )
-    )
+    ]
     tuning = f"poll {settings.worker.poll_delay_s:g}s, max_jobs {settings.worker.concurrency}"
     poll_s, max_jobs = results.arq_defaults
-    for label, outcome, note in (
+    for label, outcome, what in (
         ("same tuning", same, f"{tuning}: baseline for the jobs row"),
         ("arq defaults", defaults, f"poll {poll_s:g}s, max_jobs {max_jobs}: context"),
     ):
-        steady = outcome.count / outcome.steady_seconds if outcome.steady_seconds else 0.0
         cpu = _cpu_per_job(outcome, results.startup.get("bare arq"))
         rows.append(
             Row(
@@ -127,35 +163,14 @@ def build_rows(results: Results, settings: Settings) -> list[Row]:
                 "jobs/s",
                 ratio=outcome.rate / same.rate if outcome is defaults else None,
                 baseline="bare arq" if outcome is defaults else "",
-                note=f"{note}; {outcome.note}; {steady:,.0f} jobs/s after it; {cpu}",
+                note=f"{what}; {outcome.note}; {_steady(outcome):,.0f} jobs/s after it; {cpu}",
             )
         )
-    submit = results.submit
-    rows.append(
-        Row(
-            "CLI submit: `totals --all --no-wait` (no worker)",
-            _count(submit, "orders"),
-            submit.seconds,
-            submit.rate,
-            "orders/s",
-            target=f">= {SUBMIT_TARGET:,.0f} orders/s",
-            passed=submit.rate >= SUBMIT_TARGET,
-            note=f"{submit.note}; keyset pages + pipelined enqueue",
-        )
-    )
-    for name, start in results.startup.items():
-        rows.append(
-            Row(
-                f"{name} worker: start until ready, empty queue",
-                "",
-                start.seconds_to_ready,
-                start.cpu_s,
-                "CPU s",
-                note=f"CPU over its whole life, start to stop; {start.rss_mib:.0f} MiB peak RSS",
-            )
-        )
-    rows.extend(_memory_rows(results))
     return rows
+
+
+def _steady(outcome: Outcome) -> float:
+    return outcome.count / outcome.steady_seconds if outcome.steady_seconds else 0.0
 
 
 def _cpu_per_job(outcome: Outcome, idle: Startup | None) -> str:

@@ -219,7 +219,7 @@ def cli_env(settings: Settings, **extra: str) -> dict[str, str]:
         settings.queue_name,
         base=base,
         inherit_settings=False,
-        **{**fast, **extra},
+        extra={**fast, **extra},
     )
 
 

@@ -1,6 +1,6 @@
-"""Fault tests: a private PostgreSQL and Redis per module that the tests restart, 20,000 orders in a
-database per test (cloned from a template seeded once per module), and real `orderworker worker`
-subprocesses that the tests kill or stop.
+"""Fault tests: a private PostgreSQL and Redis that the tests restart (one pair for every fault
+test: each restart ends with the server up again), 20,000 orders in a database per test (cloned
+from a template seeded once), and real `orderworker worker` subprocesses the tests kill or stop.
 
 Never the machine's shared servers, even when ORDERWORKER_TEST_* are set: these tests restart them.
 A batch is stalled on purpose with row locks (`stall_batch`), so every fault lands mid-batch with
@@ -79,7 +79,7 @@ class PrivateStack:
     redis: PrivateRedis
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def private_stack() -> Iterator[PrivateStack]:
     root = Path(tempfile.mkdtemp(prefix="orderworker-faults-"))
     stack = LocalStack(root, name="faults", redis_fsync="always")
@@ -91,7 +91,7 @@ def private_stack() -> Iterator[PrivateStack]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 async def orders_template(private_stack: PrivateStack) -> AsyncIterator[str]:
     """A migrated database of ORDER_COUNT orders, seeded once; each test gets a copy of it."""
     admin_url = private_stack.postgres.admin_url

@@ -19,7 +19,6 @@ from alembic.script import ScriptDirectory
 from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from worker.localstack import free_port
 
 from db.engine import create_engine
 from db.migrate import alembic_config
@@ -34,6 +33,7 @@ from tests.conftest import (
     run_cli,
 )
 from worker.health import live_replicas
+from worker.localstack import free_port
 from worker.settings import Settings
 
 Process = subprocess.CompletedProcess[str]

@@ -28,7 +28,7 @@ def replica_env(
     *,
     base: Mapping[str, str] | None = None,
     inherit_settings: bool = True,
-    **extra: str,
+    extra: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     """`base` (this process's environment by default) with the servers, the queue and JSON logs;
     without `inherit_settings`, its own ORDERWORKER_* settings are left out first."""
@@ -43,7 +43,7 @@ def replica_env(
         ORDERWORKER_QUEUE_NAME=queue_name,
         ORDERWORKER_LOG__FORMAT="json",
     )
-    env.update(extra)
+    env.update(extra or {})
     return env
 
 
