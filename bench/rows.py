@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from bench.drain import Startup
 from bench.measure import Outcome
@@ -34,8 +35,11 @@ class Results:
         return [outcome for outcome in found if outcome is not None]
 
 
-def _count(outcome: Outcome, unit: str) -> str:
-    return f"{outcome.count:,} {unit}"
+def _rate_row(name: str, outcome: Outcome, noun: str, **details: Any) -> Row:
+    """A row of `outcome.count` orders or jobs at a rate per second."""
+    return Row(
+        name, f"{outcome.count:,} {noun}", outcome.seconds, outcome.rate, f"{noun}/s", **details
+    )
 
 
 def _checked(outcome: Outcome, note: str) -> str:
@@ -51,12 +55,10 @@ def build_rows(results: Results, settings: Settings) -> list[Row]:
     rows = _batch_rows(results)
     seed = results.seed
     rows.append(
-        Row(
+        _rate_row(
             "seed approach: TaskGroup, one session per order, pool of 5",
-            _count(seed, "orders"),
-            seed.seconds,
-            seed.rate,
-            "orders/s",
+            seed,
+            "orders",
             ratio=seed.rate / results.sql_limits[1].rate,
             baseline="SQL limit",
             note=_checked(
@@ -67,12 +69,10 @@ def build_rows(results: Results, settings: Settings) -> list[Row]:
     rows += _job_rows(results, settings)
     submit = results.submit
     rows.append(
-        Row(
+        _rate_row(
             "CLI submit: `totals --all --no-wait` (no worker)",
-            _count(submit, "orders"),
-            submit.seconds,
-            submit.rate,
-            "orders/s",
+            submit,
+            "orders",
             target=f">= {SUBMIT_TARGET:,.0f} orders/s",
             passed=submit.rate >= SUBMIT_TARGET,
             note=f"{submit.note}; keyset pages + pipelined enqueue",
@@ -100,22 +100,18 @@ def _batch_rows(results: Results) -> list[Row]:
         ratio = outcome.rate / limit.rate
         note = "measured right before, as the baseline of the next row"
         rows.append(
-            Row(
+            _rate_row(
                 "SQL limit: one INSERT ... SELECT SUM ... GROUP BY ... ON CONFLICT",
-                _count(limit, "orders"),
-                limit.seconds,
-                limit.rate,
-                "orders/s",
+                limit,
+                "orders",
                 note=_checked(limit, note),
             )
         )
         rows.append(
-            Row(
+            _rate_row(
                 f"`totals --all`, {replicas} worker replica{'s' if replicas > 1 else ''}",
-                _count(outcome, "orders"),
-                outcome.seconds,
-                outcome.rate,
-                "orders/s",
+                outcome,
+                "orders",
                 ratio=ratio,
                 baseline="SQL limit",
                 target=f">= {BATCH_TARGET}x (aim {BATCH_AIM}x)",
@@ -134,12 +130,10 @@ def _job_rows(results: Results, settings: Settings) -> list[Row]:
     cpu = _cpu_per_job(jobs, results.startup.get("orderworker"))
     note = f"{jobs.note}; {_steady(jobs):,.0f} jobs/s after it; {cpu}"
     rows = [
-        Row(
+        _rate_row(
             "`compute_order_total` jobs, 1 replica",
-            _count(jobs, "jobs"),
-            jobs.seconds,
-            jobs.rate,
-            "jobs/s",
+            jobs,
+            "jobs",
             ratio=ratio,
             baseline="bare arq",
             target=f">= {JOBS_TARGET}x",
@@ -155,12 +149,10 @@ def _job_rows(results: Results, settings: Settings) -> list[Row]:
     ):
         cpu = _cpu_per_job(outcome, results.startup.get("bare arq"))
         rows.append(
-            Row(
+            _rate_row(
                 f"bare arq worker, no-op jobs, {label}",
-                _count(outcome, "jobs"),
-                outcome.seconds,
-                outcome.rate,
-                "jobs/s",
+                outcome,
+                "jobs",
                 ratio=outcome.rate / same.rate if outcome is defaults else None,
                 baseline="bare arq" if outcome is defaults else "",
                 note=f"{what}; {outcome.note}; {_steady(outcome):,.0f} jobs/s after it; {cpu}",

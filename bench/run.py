@@ -21,7 +21,7 @@ from pathlib import Path
 
 import uvloop
 
-from bench import drain, measure, profiling
+from bench import drain, measure
 from bench.baselines import seed_approach, sql_limit, truncate_totals
 from bench.layers import layers_markdown
 from bench.measure import Bench, Outcome, open_bench, say
@@ -47,7 +47,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--no-readme", action="store_true", help="do not write bench/README.md")
     parser.add_argument(
-        "--profile", action="store_true", help="also profile a burst worker with py-spy"
+        "--profile", action="store_true", help="also time the single-order job's layers"
     )
     parser.add_argument("--soak", action="store_true", help="the soak, with replicas killed")
     parser.add_argument("--kills", type=int, default=3, help="with --soak: replicas killed")
@@ -108,10 +108,8 @@ async def measure_all(
     results.seed = Outcome(args.seed_orders, seconds, verification=check)
     say(f"  {results.seed.rate:,.0f} orders/s, {check.describe()}")
     if args.profile:
-        say(f"- profile: py-spy on a burst worker draining {args.jobs:,} jobs ...")
-        profile = await profiling.profile_per_order(bench, args.jobs, bare_args)
         say("- profile: the single-order job's layers, in-process ...")
-        results.profile = profile + "\n\n" + await layers_markdown(bench)
+        results.profile = await layers_markdown(bench)
         say(results.profile)
 
 
