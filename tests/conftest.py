@@ -1,6 +1,7 @@
 """Shared fixtures. Integration tests run against real servers: ORDERWORKER_TEST_DATABASE_URL and
 ORDERWORKER_TEST_REDIS_URL when set (CI), otherwise a private local stack started for the session.
-Every test that asks for `database_url` gets a database of its own, cloned from a migrated template.
+Every test that asks for `database_url` gets a migrated, empty database of its own: a copy of a
+migrated template, emptied again after its test and handed to the next one.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 from redis.asyncio import Redis
-from sqlalchemy import text
+from sqlalchemy import make_url, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from db.engine import create_engine, create_sessionmaker
@@ -34,6 +35,7 @@ from worker.harness.databases import (
     create_database,
     database_url_named,
     drop_database,
+    empty_database,
 )
 from worker.harness.polling import DEADLINE_S, poll_until
 from worker.harness.replicas import replica_env, worker_command
@@ -107,12 +109,28 @@ async def template_database(servers: Servers) -> AsyncIterator[str]:
     await drop_database(servers.admin_database_url, name)
 
 
+@pytest.fixture(scope="session")
+async def clean_databases(servers: Servers) -> AsyncIterator[list[str]]:
+    """Databases copied from the template and emptied again after their test, ready for the next."""
+    free: list[str] = []
+    yield free
+    for name in free:
+        await drop_database(servers.admin_database_url, name)
+
+
 @pytest.fixture
-async def database_url(servers: Servers, template_database: str) -> AsyncIterator[str]:
-    """A fresh, migrated, empty database for this test only."""
-    name = f"orderworker_test_{uuid.uuid4().hex[:12]}"
-    yield await create_database(servers.admin_database_url, name, template=template_database)
-    await drop_database(servers.admin_database_url, name)
+async def database_url(
+    servers: Servers, template_database: str, clean_databases: list[str]
+) -> AsyncIterator[str]:
+    """A migrated, empty database for this test only: a copy of the template, or one emptied."""
+    if clean_databases:
+        url = database_url_named(servers.admin_database_url, clean_databases.pop())
+    else:
+        name = f"orderworker_test_{uuid.uuid4().hex[:12]}"
+        url = await create_database(servers.admin_database_url, name, template=template_database)
+    yield url
+    await empty_database(url)
+    clean_databases.append(str(make_url(url).database))
 
 
 @pytest.fixture
