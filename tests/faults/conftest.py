@@ -38,7 +38,7 @@ from jobs.functions import ARQ_TIMEOUT_MARGIN_S
 from tests.conftest import REPO_ROOT, cli_env
 from worker.batches import BatchRun, BatchSummary, chunk_job_id, chunked
 from worker.harness.checks import check_totals
-from worker.harness.databases import create_database, drop_database
+from worker.harness.databases import admin_execute, create_database, drop_database
 from worker.harness.polling import poll_until
 from worker.harness.replicas import Replica
 from worker.harness.servers import LocalStack, PrivatePostgres, PrivateRedis
@@ -47,7 +47,10 @@ from worker.settings import Settings
 ORDER_COUNT = 20_000  # the 3 sample orders plus generated ones
 CHUNK_SIZE = 200
 CONCURRENCY = 4
-JOB_TIMEOUT_S = 1.0  # short: a killed replica's jobs wait for it (see IN_PROGRESS_TTL_S)
+# As short as the stalls allow: a killed replica's jobs wait for it (see IN_PROGRESS_TTL_S), but a
+# chunk blocked on the test's locks must not time out before the fault lands (~1-2 s after the stall
+# began, on a loaded machine): a timed-out chunk frees its slot and the batch moves on.
+JOB_TIMEOUT_S = 3.0
 # arq keeps a started job's in-progress key for its largest job timeout (ours plus a margin) plus
 # 10 s; a job whose replica died is picked up again once that key expires.
 ARQ_IN_PROGRESS_EXTRA_S = 10.0
@@ -102,64 +105,15 @@ async def orders_template(private_stack: PrivateStack) -> AsyncIterator[str]:
         async with create_sessionmaker(engine).begin() as session:
             await load_sample(session)
             await generate_orders(session, ORDER_COUNT - 3)
+        async with engine.connect() as connection:
+            autocommit = await connection.execution_options(isolation_level="AUTOCOMMIT")
+            await autocommit.execute(text("VACUUM ANALYZE"))  # copies start with statistics
     finally:
-        await engine.dispose()  # a template must have no open connections when it is copied
+        await engine.dispose()
+    # A database is copied only while nobody is connected to it: not even autovacuum, then.
+    await admin_execute(admin_url, f"ALTER DATABASE {name} WITH ALLOW_CONNECTIONS false")
     yield name
     await drop_database(admin_url, name)
-
-
-@pytest.fixture
-async def fault_settings(
-    private_stack: PrivateStack, orders_template: str
-) -> AsyncIterator[Settings]:
-    """A database of ORDER_COUNT orders of this test's own, and a queue, on the private stack."""
-    admin_url = private_stack.postgres.admin_url
-    name = f"faults_{uuid.uuid4().hex[:12]}"
-    database_url = await create_database(admin_url, name, template=orders_template)
-    yield Settings(
-        database_url=SecretStr(database_url),
-        redis_url=SecretStr(private_stack.redis.url),
-        queue_name=f"faults:{uuid.uuid4().hex[:12]}:queue",
-    )
-    await drop_database(admin_url, name)
-
-
-@pytest.fixture
-async def fault_engine(fault_settings: Settings) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(str(fault_settings.database_url.get_secret_value()))  # type: ignore[union-attr]
-    yield engine
-    await engine.dispose()
-
-
-@pytest.fixture
-async def fault_client(fault_settings: Settings) -> AsyncIterator[OrderClient]:
-    url = str(fault_settings.redis_url.get_secret_value())  # type: ignore[union-attr]
-    client = await OrderClient.connect(redis_settings_from_url(url), fault_settings.queue_name)
-    yield client
-    await client.close()
-
-
-SpawnWorker = Callable[..., Awaitable[Replica]]
-
-
-@pytest.fixture
-async def spawn_worker(fault_settings: Settings, tmp_path: Path) -> AsyncIterator[SpawnWorker]:
-    """Start `orderworker worker` subprocesses (ready once they log worker.started)."""
-    started: list[Replica] = []
-
-    async def spawn(**extra_env: str) -> Replica:
-        env = cli_env(fault_settings, **{**WORKER_ENV, **extra_env})
-        worker = Replica.spawn(env, tmp_path / f"worker-{len(started)}.log", cwd=REPO_ROOT)
-        started.append(worker)
-        await poll_until(
-            lambda: bool(worker.events("worker.started")) or not worker.alive(), "worker start"
-        )
-        assert worker.alive(), f"worker exited at start:\n{worker.excerpt()}"
-        return worker
-
-    yield spawn
-    for worker in started:
-        worker.kill()
 
 
 @dataclass
@@ -183,43 +137,121 @@ class StalledBatch:
             await self.connection.close()
 
 
+@dataclass
+class FaultScenario:
+    """A database of ORDER_COUNT orders and a queue of their own, on the private stack, with the
+    worker subprocesses and stalled batches started on them."""
+
+    settings: Settings
+    engine: AsyncEngine
+    client: OrderClient
+    log_dir: Path
+    workers: list[Replica] = field(default_factory=list)
+    stalled: list[StalledBatch] = field(default_factory=list)
+
+    async def spawn(self, **extra_env: str) -> Replica:
+        """Start an `orderworker worker` subprocess (ready once it logs worker.started)."""
+        env = cli_env(self.settings, **{**WORKER_ENV, **extra_env})
+        log_path = self.log_dir / f"worker-{len(self.workers)}.log"
+        worker = Replica.spawn(env, log_path, cwd=REPO_ROOT)
+        self.workers.append(worker)
+        await poll_until(
+            lambda: bool(worker.events("worker.started")) or not worker.alive(), "worker start"
+        )
+        assert worker.alive(), f"worker exited at start:\n{worker.excerpt()}"
+        return worker
+
+    async def stall(self, locked: int) -> StalledBatch:
+        """Submit a batch of every order in CHUNK_SIZE chunks, with `locked` chunks blocked on row
+        locks; return once all of them are waiting. arq picks due jobs in (score, job id) order
+        and all chunks share one score, so the locked chunks are the middle ones in job-id order:
+        chunks before them are done, chunks after them are still queued while the workers' slots
+        are all blocked."""
+        async with self.engine.connect() as connection:
+            ids = list((await connection.execute(ORDER_IDS)).scalars())
+        chunks = list(chunked(ids, CHUNK_SIZE))
+        run = BatchRun(self.client, new_batch_id())
+        pick_order = sorted(range(len(chunks)), key=lambda n: chunk_job_id(run.summary.batch_id, n))
+        first = (len(chunks) - locked) // 2
+        locked_chunks = pick_order[first : first + locked]
+        connection = await self.engine.connect()
+        locked_ids = [order_id for n in locked_chunks for order_id in chunks[n]]
+        await connection.execute(LOCK_ORDERS, {"ids": locked_ids})
+        job_ids = [chunk_job_id(run.summary.batch_id, n) for n in locked_chunks]
+        batch = StalledBatch(run, job_ids, 0, connection)
+        self.stalled.append(batch)
+        await run.submit_chunks(chunks)
+        await poll_until(lambda: waiting_on_locks(self.engine, locked), "chunks blocked on locks")
+        batch.totals_at_stall = await count_totals(self.engine)
+        return batch
+
+    async def close(self) -> None:
+        for batch in self.stalled:
+            await batch.release()
+        for worker in self.workers:
+            worker.kill()
+        await self.client.close()
+        await self.engine.dispose()
+
+
+NewScenario = Callable[[], Awaitable[FaultScenario]]
+SpawnWorker = Callable[..., Awaitable[Replica]]
 StallBatch = Callable[..., Awaitable[StalledBatch]]
 
 
 @pytest.fixture
-async def stall_batch(
-    fault_engine: AsyncEngine, fault_client: OrderClient
-) -> AsyncIterator[StallBatch]:
-    """Submit a batch of every order in CHUNK_SIZE chunks, with `locked` chunks blocked on row
-    locks; return once all of them are waiting. arq picks due jobs in (score, job id) order and all
-    chunks share one score, so the locked chunks are the middle ones in job-id order: chunks before
-    them are done, chunks after them are still queued while the workers' slots are all blocked.
-    """
-    stalled: list[StalledBatch] = []
+async def new_scenario(
+    private_stack: PrivateStack, orders_template: str, tmp_path: Path
+) -> AsyncIterator[NewScenario]:
+    """Make fault scenarios, each on a copy of the orders template; all are closed after."""
+    admin_url = private_stack.postgres.admin_url
+    made: list[tuple[str, FaultScenario]] = []
 
-    async def stall(locked: int) -> StalledBatch:
-        async with fault_engine.connect() as connection:
-            ids = list((await connection.execute(ORDER_IDS)).scalars())
-        chunks = list(chunked(ids, CHUNK_SIZE))
-        run = BatchRun(fault_client, new_batch_id())
-        pick_order = sorted(range(len(chunks)), key=lambda n: chunk_job_id(run.summary.batch_id, n))
-        first = (len(chunks) - locked) // 2
-        locked_chunks = pick_order[first : first + locked]
-        connection = await fault_engine.connect()
-        locked_ids = [order_id for n in locked_chunks for order_id in chunks[n]]
-        await connection.execute(LOCK_ORDERS, {"ids": locked_ids})
-        batch = StalledBatch(
-            run, [chunk_job_id(run.summary.batch_id, n) for n in locked_chunks], 0, connection
+    async def new() -> FaultScenario:
+        name = f"faults_{uuid.uuid4().hex[:12]}"
+        database_url = await create_database(admin_url, name, template=orders_template)
+        settings = Settings(
+            database_url=SecretStr(database_url),
+            redis_url=SecretStr(private_stack.redis.url),
+            queue_name=f"faults:{uuid.uuid4().hex[:12]}:queue",
         )
-        stalled.append(batch)
-        await run.submit_chunks(chunks)
-        await poll_until(lambda: waiting_on_locks(fault_engine, locked), "chunks blocked on locks")
-        batch.totals_at_stall = await count_totals(fault_engine)
-        return batch
+        redis_settings = redis_settings_from_url(private_stack.redis.url)
+        client = await OrderClient.connect(redis_settings, settings.queue_name)
+        scenario = FaultScenario(
+            settings, create_engine(database_url), client, tmp_path / f"scenario-{len(made)}"
+        )
+        made.append((name, scenario))
+        return scenario
 
-    yield stall
-    for batch in stalled:
-        await batch.release()
+    yield new
+    for name, scenario in made:
+        await scenario.close()
+        await drop_database(admin_url, name)
+
+
+@pytest.fixture
+async def scenario(new_scenario: NewScenario) -> FaultScenario:
+    return await new_scenario()
+
+
+@pytest.fixture
+def fault_engine(scenario: FaultScenario) -> AsyncEngine:
+    return scenario.engine
+
+
+@pytest.fixture
+def fault_client(scenario: FaultScenario) -> OrderClient:
+    return scenario.client
+
+
+@pytest.fixture
+def spawn_worker(scenario: FaultScenario) -> SpawnWorker:
+    return scenario.spawn
+
+
+@pytest.fixture
+def stall_batch(scenario: FaultScenario) -> StallBatch:
+    return scenario.stall
 
 
 async def waiting_on_locks(engine: AsyncEngine, expected: int) -> bool:
