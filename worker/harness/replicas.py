@@ -58,6 +58,7 @@ class Replica:
     process: subprocess.Popen[bytes]
     log_path: Path
     started_at: float = field(default_factory=time.monotonic)
+    terminated: bool = False
 
     @classmethod
     def spawn(
@@ -98,10 +99,15 @@ class Replica:
         await poll_until(lambda: not self.alive(), "worker exit", timeout_s)
         return int(self.process.returncode)
 
-    def stop(self, timeout_s: float) -> int:
-        """SIGTERM (in-flight jobs drain first), then SIGKILL if it outlives `timeout_s`."""
-        if self.alive():
+    def terminate(self) -> None:
+        """SIGTERM, once: the replica drains its in-flight jobs (a second would cut that short)."""
+        if self.alive() and not self.terminated:
             self.process.send_signal(signal.SIGTERM)
+            self.terminated = True
+
+    def stop(self, timeout_s: float) -> int:
+        """SIGTERM, then SIGKILL if it outlives `timeout_s`; its exit code."""
+        self.terminate()
         try:
             return self.process.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
@@ -116,6 +122,5 @@ class Replica:
 def stop_all(replicas: list[Replica], timeout_s: float) -> list[int]:
     """SIGTERM to every replica at once, then wait for each (SIGKILL past `timeout_s`)."""
     for replica in replicas:
-        if replica.alive():
-            replica.process.send_signal(signal.SIGTERM)
+        replica.terminate()
     return [replica.stop(timeout_s) for replica in replicas]
