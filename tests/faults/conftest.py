@@ -3,8 +3,8 @@ test: each restart ends with the server up again), 20,000 orders in a database p
 from a template seeded once), and real `orderworker worker` subprocesses the tests kill or stop.
 
 Never the machine's shared servers, even when ORDERWORKER_TEST_* are set: these tests restart them.
-A batch is stalled on purpose with row locks (`stall_batch`), so every fault lands mid-batch with
-jobs in flight and jobs still queued, instead of whenever the timing happens to allow.
+A batch is stalled on purpose with row locks (`FaultScenario.stall`), so every fault lands
+mid-batch with jobs in flight and jobs still queued, instead of whenever the timing allows.
 """
 
 from __future__ import annotations
@@ -195,8 +195,6 @@ class FaultScenario:
 
 
 NewScenario = Callable[[], Awaitable[FaultScenario]]
-SpawnWorker = Callable[..., Awaitable[Replica]]
-StallBatch = Callable[..., Awaitable[StalledBatch]]
 
 
 @pytest.fixture
@@ -232,26 +230,6 @@ async def new_scenario(
 @pytest.fixture
 async def scenario(new_scenario: NewScenario) -> FaultScenario:
     return await new_scenario()
-
-
-@pytest.fixture
-def fault_engine(scenario: FaultScenario) -> AsyncEngine:
-    return scenario.engine
-
-
-@pytest.fixture
-def fault_client(scenario: FaultScenario) -> OrderClient:
-    return scenario.client
-
-
-@pytest.fixture
-def spawn_worker(scenario: FaultScenario) -> SpawnWorker:
-    return scenario.spawn
-
-
-@pytest.fixture
-def stall_batch(scenario: FaultScenario) -> StallBatch:
-    return scenario.stall
 
 
 async def waiting_on_locks(engine: AsyncEngine, expected: int) -> bool:
