@@ -37,13 +37,13 @@ from worker.settings import Settings, load_settings
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
-    parser.add_argument("--orders", type=int, default=1_000_000, help="generated orders")
+    parser.add_argument("--orders", type=int, help="generated orders (1,000,000)")
     parser.add_argument(
         "--jobs", type=int, help="single jobs per drain run (5,000); with --soak, 100,000"
     )
     parser.add_argument("--seed-orders", type=int, default=2_000, help="orders for the seed's way")
     parser.add_argument(
-        "--quick", action="store_true", help="100,000 orders, 1,000 jobs; README left alone"
+        "--quick", action="store_true", help="100,000 orders (or --orders), 1,000 jobs; no README"
     )
     parser.add_argument("--no-readme", action="store_true", help="do not write bench/README.md")
     parser.add_argument(
@@ -55,7 +55,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.jobs is None:
         args.jobs = 100_000 if args.soak else 5_000
     if args.quick:
-        args.orders, args.jobs, args.no_readme = 100_000, 1_000, True
+        args.orders, args.jobs, args.no_readme = args.orders or 100_000, 1_000, True
+    args.orders = args.orders or 1_000_000
     if args.soak and args.jobs < 3:
         parser.error("--jobs must be at least 3")
     return args
