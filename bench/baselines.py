@@ -2,7 +2,7 @@
 
 - The database's own limit: one INSERT ... SELECT SUM ... GROUP BY ... ON CONFLICT over all orders.
 - The seed service's approach: a TaskGroup with one AsyncSession per order (SUM, then upsert).
-- `verify_totals`: every stored total against an independently computed GROUP BY.
+(Every measurement ends with worker.harness.checks.check_totals.)
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from decimal import Decimal
 
 from sqlalchemy import func, select, text
@@ -34,46 +33,6 @@ SQL_LIMIT = text(
     """
 )
 
-# Written apart from db/totals.py on purpose: a check must not share the code it checks.
-VERIFY_TOTALS = text(
-    """
-    WITH expected AS (
-        SELECT o.id, COALESCE(SUM(i.price * oi.quantity), 0) AS total
-        FROM orders o
-        LEFT JOIN order_items oi ON oi.order_id = o.id
-        LEFT JOIN item i ON i.id = oi.item_id
-        WHERE o.id BETWEEN :first_id AND :last_id
-        GROUP BY o.id
-    )
-    SELECT count(*) AS expected,
-           count(*) FILTER (WHERE t.order_id IS NULL) AS absent,
-           count(*) FILTER (WHERE t.order_id IS NOT NULL AND t.total <> e.total) AS wrong,
-           (SELECT count(*) FROM order_totals) AS stored,
-           COALESCE(SUM(e.total), 0) AS expected_sum
-    FROM expected e LEFT JOIN order_totals t ON t.order_id = e.id
-    """
-)
-
-
-@dataclass(frozen=True, slots=True)
-class Verification:
-    expected: int
-    absent: int
-    wrong: int
-    stored: int
-    expected_sum: Decimal
-
-    @property
-    def ok(self) -> bool:
-        return self.absent == 0 and self.wrong == 0 and self.stored == self.expected
-
-    def describe(self) -> str:
-        verdict = "verified" if self.ok else "MISMATCH"
-        return (
-            f"{verdict}: {self.expected} orders, {self.absent} without a total, "
-            f"{self.wrong} wrong, {self.stored} rows stored"
-        )
-
 
 async def truncate_totals(engine: AsyncEngine) -> None:
     async with engine.begin() as connection:
@@ -84,21 +43,6 @@ async def order_id_range(engine: AsyncEngine) -> tuple[int, int]:
     async with engine.connect() as connection:
         row = (await connection.execute(text("SELECT min(id), max(id) FROM orders"))).one()
     return int(row[0]), int(row[1])
-
-
-async def verify_totals(engine: AsyncEngine, first_id: int, last_id: int) -> Verification:
-    """Orders `first_id..last_id` each have exactly the right total, and nothing else is stored."""
-    async with engine.connect() as connection:
-        row = (
-            await connection.execute(VERIFY_TOTALS, {"first_id": first_id, "last_id": last_id})
-        ).one()
-    return Verification(
-        expected=int(row.expected),
-        absent=int(row.absent),
-        wrong=int(row.wrong),
-        stored=int(row.stored),
-        expected_sum=Decimal(row.expected_sum),
-    )
 
 
 async def sql_limit(engine: AsyncEngine) -> float:

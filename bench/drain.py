@@ -11,13 +11,14 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
-from bench.baselines import truncate_totals, verify_totals
+from bench.baselines import truncate_totals
 from bench.measure import READY_TIMEOUT_S, RUN_TIMEOUT_S, Bench, Outcome, redis_commands
 from bench.noop_worker import NOOP_FUNCTION
 from bench.processes import Child
 from bench.stack import clear_queue_keys
 from jobs.client import JobRequest, OrderClient
 from jobs.connection import redis_settings_from_url
+from worker.harness.checks import check_totals
 from worker.health import live_replicas
 
 RESULT_POLL_S = 0.05
@@ -72,7 +73,7 @@ async def single_jobs(
         stopped = await child.stop()
     verification = None
     if function != NOOP_FUNCTION:
-        verification = await verify_totals(bench.engine, first, first + jobs - 1)
+        verification = await check_totals(bench.engine, first, first + jobs - 1)
     await clear_queue_keys(bench.redis, queue, job_ids)
     assert progress.first_result is not None and progress.last_result is not None
     return Outcome(

@@ -20,9 +20,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from bench.baselines import truncate_totals
 from bench.measure import Bench
-from bench.variants import ONE_ORDER_UPSERT
 from db import totals
 from db.engine import create_engine, create_sessionmaker
+from db.totals import UPSERT_ONE_TOTAL, UPSERT_ONE_TOTAL_DRIVER_SQL
 from jobs import runner
 from jobs.context import JobPolicy
 from jobs.models import ComputeOrderTotalPayload, OrderTotalResult
@@ -67,48 +67,17 @@ async def database_layers(bench: Bench) -> Timings:
     product = create_engine(bench.database_url)
     pinged = create_async_engine(bench.database_url, pool_size=5, pool_pre_ping=True)
     fast = _fast_engine(bench.database_url)
-    product_sessions = create_sessionmaker(product)
-    pinged_sessions = create_sessionmaker(pinged)
-    fast_sessions = create_sessionmaker(fast)
-
-    async def product_path(order_id: int) -> None:
-        async with fast_sessions() as session:
-            await totals.upsert_order_total_direct(session, order_id)
-
-    async def transaction_path(order_id: int) -> None:
-        async with product_sessions.begin() as session:
-            await totals.upsert_order_total(session, order_id)
-
-    async def pinged_path(order_id: int) -> None:
-        async with pinged_sessions.begin() as session:
-            await totals.upsert_order_total(session, order_id)
-
-    async def fast_session(order_id: int) -> None:
-        async with fast_sessions() as session:
-            await totals.upsert_order_total(session, order_id)
-
-    async def core(order_id: int) -> None:
-        async with fast.connect() as connection:
-            (await connection.execute(ONE_ORDER_UPSERT, {"order_id": order_id})).one_or_none()
-
     try:
         async with fast.connect() as connection:
             raw = (await connection.get_raw_connection()).driver_connection
             assert raw is not None
-            one_order = ONE_ORDER_UPSERT.text.replace(":order_id", "$1")
-            layers: list[tuple[str, Operation]] = [
+            layers = [
+                *_session_layers(product, pinged, fast),
+                ("SQLAlchemy Core connection, AUTOCOMMIT, one-order upsert", _core_layer(fast)),
                 (
-                    "product: AsyncSession on AUTOCOMMIT, statement sent on its asyncpg connection",
-                    product_path,
+                    "asyncpg alone, one-order upsert",
+                    lambda n: raw.fetchrow(UPSERT_ONE_TOTAL_DRIVER_SQL, n),
                 ),
-                ("AsyncSession on AUTOCOMMIT, statement through SQLAlchemy", fast_session),
-                (
-                    "AsyncSession in a transaction (BEGIN/COMMIT), through SQLAlchemy",
-                    transaction_path,
-                ),
-                ("the same with `pool_pre_ping=True`", pinged_path),
-                ("SQLAlchemy Core connection, AUTOCOMMIT, one-order upsert", core),
-                ("asyncpg alone, one-order upsert", lambda n: raw.fetchrow(one_order, n)),
                 (
                     "asyncpg alone, `SELECT 1`: one bare round trip",
                     lambda _: raw.fetchrow("SELECT 1"),
@@ -120,6 +89,46 @@ async def database_layers(bench: Bench) -> Timings:
             await engine.dispose()
         await truncate_totals(bench.engine)
     return found
+
+
+def _session_layers(
+    product: AsyncEngine, pinged: AsyncEngine, fast: AsyncEngine
+) -> list[tuple[str, Operation]]:
+    """The AsyncSession paths: the product's, and the same statement with more machinery."""
+
+    def in_session(engine: AsyncEngine, begin: bool, direct: bool) -> Operation:
+        sessions = create_sessionmaker(engine)
+        upsert = totals.upsert_order_total_direct if direct else totals.upsert_order_total
+
+        async def operation(order_id: int) -> None:
+            async with sessions.begin() if begin else sessions() as session:
+                await upsert(session, order_id)
+
+        return operation
+
+    return [
+        (
+            "product: AsyncSession on AUTOCOMMIT, statement sent on its asyncpg connection",
+            in_session(fast, begin=False, direct=True),
+        ),
+        (
+            "AsyncSession on AUTOCOMMIT, statement through SQLAlchemy",
+            in_session(fast, begin=False, direct=False),
+        ),
+        (
+            "AsyncSession in a transaction (BEGIN/COMMIT), through SQLAlchemy",
+            in_session(product, begin=True, direct=False),
+        ),
+        ("the same with `pool_pre_ping=True`", in_session(pinged, begin=True, direct=False)),
+    ]
+
+
+def _core_layer(fast: AsyncEngine) -> Operation:
+    async def core(order_id: int) -> None:
+        async with fast.connect() as connection:
+            (await connection.execute(UPSERT_ONE_TOTAL, {"order_id": order_id})).one_or_none()
+
+    return core
 
 
 async def wrapper_layers() -> Timings:

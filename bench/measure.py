@@ -9,7 +9,7 @@ import json
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -19,10 +19,12 @@ from typing import Any
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from bench.baselines import Verification, order_id_range, truncate_totals, verify_totals
-from bench.processes import Child, Finished, orderworker_env
+from bench.baselines import order_id_range, truncate_totals
+from bench.processes import Child, Finished
 from bench.stack import BenchServers, clear_queue_keys, fresh_database, load_orders
 from db.engine import create_engine
+from worker.harness.checks import TotalsCheck, check_totals
+from worker.harness.replicas import replica_env
 from worker.health import live_replicas
 
 READY_TIMEOUT_S = 60.0
@@ -36,7 +38,7 @@ class Outcome:
 
     count: int
     seconds: float
-    verification: Verification | None = None
+    verification: TotalsCheck | None = None
     worker_rss_mib: list[float] = field(default_factory=list)
     worker_cpu_s: list[float] = field(default_factory=list)  # user + system, whole process life
     cli_rss_mib: float | None = None
@@ -74,18 +76,16 @@ class Bench:
         return f"bench:{self.run_id}:{label}"
 
     def env(self, queue: str, **extra: str) -> dict[str, str]:
-        return orderworker_env(self.database_url, self.redis_url, queue, **extra)
+        return replica_env(self.database_url, self.redis_url, queue, extra=extra)
 
     def cli(self, label: str, queue: str, *args: str, env: dict[str, str] | None = None) -> Child:
         return Child(["worker", *args], env or self.env(queue), self.log_dir, label)
 
-    async def start_replicas(
-        self, label: str, queue: str, count: int, module: Sequence[str], **extra: str
-    ) -> list[Child]:
-        """`python -m MODULE... worker` x count, once every one of them reports a heartbeat."""
+    async def start_replicas(self, label: str, queue: str, count: int, **extra: str) -> list[Child]:
+        """`python -m worker worker` x count, once every one of them reports a heartbeat."""
         env = self.env(queue, **extra)
         replicas = [
-            Child([*module, "worker"], env, self.log_dir, f"{label}-w{n}")
+            Child([*PRODUCT, "worker"], env, self.log_dir, f"{label}-w{n}")
             for n in range(1, count + 1)
         ]
         deadline = time.monotonic() + READY_TIMEOUT_S
@@ -136,17 +136,15 @@ async def batch_totals(
     bench: Bench,
     replicas: int,
     label: str = "",
-    module: Sequence[str] = PRODUCT,
     **extra: str,
 ) -> Outcome:
     """`orderworker totals --all --json` against `replicas` running workers; timed as the CLI.
 
-    `module` runs the workers as `python -m MODULE... worker` (bench.variants for a patched one);
     `extra` are environment settings for the workers and the CLI (e.g. chunk sizes)."""
     label = label or f"batch-{replicas}r"
     queue = bench.queue(label)
     await truncate_totals(bench.engine)
-    workers = await bench.start_replicas(label, queue, replicas, module, **extra)
+    workers = await bench.start_replicas(label, queue, replicas, **extra)
     try:
         cli = bench.cli(
             f"{label}-cli", queue, "totals", "--all", "--json", env=bench.env(queue, **extra)
@@ -158,7 +156,7 @@ async def batch_totals(
     expected = bench.orders
     if finished.returncode != 0 or summary["failed"] or summary["computed"] != expected:
         raise RuntimeError(f"{label}: exit {finished.returncode}, summary {str(summary)[:500]}")
-    verification = await verify_totals(bench.engine, bench.first_id, bench.last_id)
+    verification = await check_totals(bench.engine, bench.first_id, bench.last_id)
     await _clear_batch(bench.redis, queue, summary["batch_id"])
     problems = []
     if Decimal(summary["total_sum"]) != verification.expected_sum:

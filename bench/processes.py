@@ -43,19 +43,6 @@ class Finished:
         return self.peak_rss_bytes / MIB
 
 
-def orderworker_env(
-    database_url: str, redis_url: str, queue_name: str, **extra: str
-) -> dict[str, str]:
-    return {
-        **os.environ,
-        "ORDERWORKER_DATABASE_URL": database_url,
-        "ORDERWORKER_REDIS_URL": redis_url,
-        "ORDERWORKER_QUEUE_NAME": queue_name,
-        "ORDERWORKER_LOG__FORMAT": "json",
-        **extra,
-    }
-
-
 def with_bytecode_cache(env: Mapping[str, str]) -> dict[str, str]:
     cached = {key: value for key, value in env.items() if key != "PYTHONDONTWRITEBYTECODE"}
     cached["PYTHONPYCACHEPREFIX"] = str(BYTECODE_CACHE)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from bench.drain import Startup
 from bench.measure import Outcome
@@ -34,8 +35,11 @@ class Results:
         return [outcome for outcome in found if outcome is not None]
 
 
-def _count(outcome: Outcome, unit: str) -> str:
-    return f"{outcome.count:,} {unit}"
+def _rate_row(name: str, outcome: Outcome, noun: str, **details: Any) -> Row:
+    """A row of `outcome.count` orders or jobs at a rate per second."""
+    return Row(
+        name, f"{outcome.count:,} {noun}", outcome.seconds, outcome.rate, f"{noun}/s", **details
+    )
 
 
 def _checked(outcome: Outcome, note: str) -> str:
@@ -48,42 +52,13 @@ def _checked(outcome: Outcome, note: str) -> str:
 
 def build_rows(results: Results, settings: Settings) -> list[Row]:
     assert results.submit and results.jobs and results.seed
-    rows = []
-    for replicas, outcome in sorted(results.batch.items()):
-        limit = results.sql_limits[replicas]
-        ratio = outcome.rate / limit.rate
-        rows.append(
-            Row(
-                "SQL limit: one INSERT ... SELECT SUM ... GROUP BY ... ON CONFLICT",
-                _count(limit, "orders"),
-                limit.seconds,
-                limit.rate,
-                "orders/s",
-                note=_checked(limit, "measured right before, as the baseline of the next row"),
-            )
-        )
-        rows.append(
-            Row(
-                f"`totals --all`, {replicas} worker replica{'s' if replicas > 1 else ''}",
-                _count(outcome, "orders"),
-                outcome.seconds,
-                outcome.rate,
-                "orders/s",
-                ratio=ratio,
-                baseline="SQL limit",
-                target=f">= {BATCH_TARGET}x (aim {BATCH_AIM}x)",
-                passed=ratio >= BATCH_TARGET and outcome.ok,
-                note=_checked(outcome, "CLI wall time: submit + wait"),
-            )
-        )
+    rows = _batch_rows(results)
     seed = results.seed
     rows.append(
-        Row(
+        _rate_row(
             "seed approach: TaskGroup, one session per order, pool of 5",
-            _count(seed, "orders"),
-            seed.seconds,
-            seed.rate,
-            "orders/s",
+            seed,
+            "orders",
             ratio=seed.rate / results.sql_limits[1].rate,
             baseline="SQL limit",
             note=_checked(
@@ -91,71 +66,103 @@ def build_rows(results: Results, settings: Settings) -> list[Row]:
             ),
         )
     )
-    same, defaults = results.noop["same"], results.noop["defaults"]
-    jobs = results.jobs
-    ratio = jobs.rate / same.rate
-    steady = jobs.count / jobs.steady_seconds if jobs.steady_seconds else 0.0
-    cpu = _cpu_per_job(jobs, results.startup.get("orderworker"))
-    rows.append(
-        Row(
-            "`compute_order_total` jobs, 1 replica",
-            _count(jobs, "jobs"),
-            jobs.seconds,
-            jobs.rate,
-            "jobs/s",
-            ratio=ratio,
-            baseline="bare arq",
-            target=f">= {JOBS_TARGET}x",
-            passed=ratio >= JOBS_TARGET and jobs.ok,
-            note=_checked(jobs, f"{jobs.note}; {steady:,.0f} jobs/s after it; {cpu}"),
-        )
-    )
-    tuning = f"poll {settings.worker.poll_delay_s:g}s, max_jobs {settings.worker.concurrency}"
-    poll_s, max_jobs = results.arq_defaults
-    for label, outcome, note in (
-        ("same tuning", same, f"{tuning}: baseline for the jobs row"),
-        ("arq defaults", defaults, f"poll {poll_s:g}s, max_jobs {max_jobs}: context"),
-    ):
-        steady = outcome.count / outcome.steady_seconds if outcome.steady_seconds else 0.0
-        cpu = _cpu_per_job(outcome, results.startup.get("bare arq"))
-        rows.append(
-            Row(
-                f"bare arq worker, no-op jobs, {label}",
-                _count(outcome, "jobs"),
-                outcome.seconds,
-                outcome.rate,
-                "jobs/s",
-                ratio=outcome.rate / same.rate if outcome is defaults else None,
-                baseline="bare arq" if outcome is defaults else "",
-                note=f"{note}; {outcome.note}; {steady:,.0f} jobs/s after it; {cpu}",
-            )
-        )
+    rows += _job_rows(results, settings)
     submit = results.submit
     rows.append(
-        Row(
+        _rate_row(
             "CLI submit: `totals --all --no-wait` (no worker)",
-            _count(submit, "orders"),
-            submit.seconds,
-            submit.rate,
-            "orders/s",
+            submit,
+            "orders",
             target=f">= {SUBMIT_TARGET:,.0f} orders/s",
             passed=submit.rate >= SUBMIT_TARGET,
             note=f"{submit.note}; keyset pages + pipelined enqueue",
         )
     )
-    for name, start in results.startup.items():
+    rows += [
+        Row(
+            f"{name} worker: start until ready, empty queue",
+            "",
+            start.seconds_to_ready,
+            start.cpu_s,
+            "CPU s",
+            note=f"CPU over its whole life, start to stop; {start.rss_mib:.0f} MiB peak RSS",
+        )
+        for name, start in results.startup.items()
+    ]
+    return rows + _memory_rows(results)
+
+
+def _batch_rows(results: Results) -> list[Row]:
+    """Each batch row after the SQL limit measured right before it, its baseline."""
+    rows = []
+    for replicas, outcome in sorted(results.batch.items()):
+        limit = results.sql_limits[replicas]
+        ratio = outcome.rate / limit.rate
+        note = "measured right before, as the baseline of the next row"
         rows.append(
-            Row(
-                f"{name} worker: start until ready, empty queue",
-                "",
-                start.seconds_to_ready,
-                start.cpu_s,
-                "CPU s",
-                note=f"CPU over its whole life, start to stop; {start.rss_mib:.0f} MiB peak RSS",
+            _rate_row(
+                "SQL limit: one INSERT ... SELECT SUM ... GROUP BY ... ON CONFLICT",
+                limit,
+                "orders",
+                note=_checked(limit, note),
             )
         )
-    rows.extend(_memory_rows(results))
+        rows.append(
+            _rate_row(
+                f"`totals --all`, {replicas} worker replica{'s' if replicas > 1 else ''}",
+                outcome,
+                "orders",
+                ratio=ratio,
+                baseline="SQL limit",
+                target=f">= {BATCH_TARGET}x (aim {BATCH_AIM}x)",
+                passed=ratio >= BATCH_TARGET and outcome.ok,
+                note=_checked(outcome, "CLI wall time: submit + wait"),
+            )
+        )
     return rows
+
+
+def _job_rows(results: Results, settings: Settings) -> list[Row]:
+    """Single jobs on one replica, then the bare arq worker with our tuning and with its own."""
+    assert results.jobs is not None
+    same, defaults, jobs = results.noop["same"], results.noop["defaults"], results.jobs
+    ratio = jobs.rate / same.rate
+    cpu = _cpu_per_job(jobs, results.startup.get("orderworker"))
+    note = f"{jobs.note}; {_steady(jobs):,.0f} jobs/s after it; {cpu}"
+    rows = [
+        _rate_row(
+            "`compute_order_total` jobs, 1 replica",
+            jobs,
+            "jobs",
+            ratio=ratio,
+            baseline="bare arq",
+            target=f">= {JOBS_TARGET}x",
+            passed=ratio >= JOBS_TARGET and jobs.ok,
+            note=_checked(jobs, note),
+        )
+    ]
+    tuning = f"poll {settings.worker.poll_delay_s:g}s, max_jobs {settings.worker.concurrency}"
+    poll_s, max_jobs = results.arq_defaults
+    for label, outcome, what in (
+        ("same tuning", same, f"{tuning}: baseline for the jobs row"),
+        ("arq defaults", defaults, f"poll {poll_s:g}s, max_jobs {max_jobs}: context"),
+    ):
+        cpu = _cpu_per_job(outcome, results.startup.get("bare arq"))
+        rows.append(
+            _rate_row(
+                f"bare arq worker, no-op jobs, {label}",
+                outcome,
+                "jobs",
+                ratio=outcome.rate / same.rate if outcome is defaults else None,
+                baseline="bare arq" if outcome is defaults else "",
+                note=f"{what}; {outcome.note}; {_steady(outcome):,.0f} jobs/s after it; {cpu}",
+            )
+        )
+    return rows
+
+
+def _steady(outcome: Outcome) -> float:
+    return outcome.count / outcome.steady_seconds if outcome.steady_seconds else 0.0
 
 
 def _cpu_per_job(outcome: Outcome, idle: Startup | None) -> str:

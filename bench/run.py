@@ -1,4 +1,5 @@
-"""The benchmark, in one command: `uv run python -m bench.run [--orders N] [--quick] [--no-readme]`.
+"""The benchmark, in one command: `uv run python -m bench.run [--orders N] [--quick] [--no-readme]`;
+`--soak [--jobs N] [--kills N]` runs the soak instead (bench/soak.py).
 
 Loads the orders with set-based SQL, measures every row of the table in one run (so ratios compare
 figures taken on the same noisy machine minutes apart), prints the table and writes it, with the
@@ -10,7 +11,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
+import shutil
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -18,39 +21,55 @@ from pathlib import Path
 
 import uvloop
 
-from bench import drain, measure, profiling
-from bench.baselines import (
-    seed_approach,
-    sql_limit,
-    truncate_totals,
-    verify_totals,
-)
+from bench import drain, measure
+from bench.baselines import seed_approach, sql_limit, truncate_totals
 from bench.layers import layers_markdown
 from bench.measure import Bench, Outcome, open_bench, say
 from bench.noop_worker import ARQ_DEFAULT_MAX_JOBS, ARQ_DEFAULT_POLL_DELAY_S, NOOP_FUNCTION
 from bench.processes import exit_on_sigterm, kill_all, warm_bytecode_cache
 from bench.report import RESULTS_DIR, markdown_table, results_section, write_readme
 from bench.rows import Results, build_rows
+from bench.soak import run_soak
 from bench.stack import BenchServers, bench_servers, server_versions
+from worker.harness.checks import check_totals
 from worker.settings import Settings, load_settings
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
-    parser.add_argument("--orders", type=int, default=1_000_000, help="generated orders")
-    parser.add_argument("--jobs", type=int, default=5_000, help="single jobs per drain run")
+    parser.add_argument("--orders", type=int, help="generated orders (1,000,000)")
+    parser.add_argument(
+        "--jobs", type=int, help="single jobs per drain run (5,000); with --soak, 100,000"
+    )
     parser.add_argument("--seed-orders", type=int, default=2_000, help="orders for the seed's way")
     parser.add_argument(
-        "--quick", action="store_true", help="100,000 orders, 1,000 jobs; README left alone"
+        "--quick", action="store_true", help="100,000 orders (or --orders), 1,000 jobs; no README"
     )
     parser.add_argument("--no-readme", action="store_true", help="do not write bench/README.md")
     parser.add_argument(
-        "--profile", action="store_true", help="also profile a burst worker with py-spy"
+        "--profile", action="store_true", help="also time the single-order job's layers"
     )
+    parser.add_argument("--soak", action="store_true", help="the soak, with replicas killed")
+    parser.add_argument("--kills", type=int, default=3, help="with --soak: replicas killed")
     args = parser.parse_args(argv)
+    if args.jobs is None:
+        args.jobs = 100_000 if args.soak else 5_000
     if args.quick:
-        args.orders, args.jobs, args.no_readme = 100_000, 1_000, True
+        args.orders, args.jobs, args.no_readme = args.orders or 100_000, 1_000, True
+    args.orders = args.orders or 1_000_000
+    if args.soak and args.jobs < 3:
+        parser.error("--jobs must be at least 3")
     return args
+
+
+def soak(args: argparse.Namespace) -> int:
+    root = Path(tempfile.mkdtemp(prefix="orderworker-soak-"))
+    try:
+        passed = asyncio.run(run_soak(args.jobs, args.kills, root))
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    print("PASS" if passed else "FAIL")
+    return 0 if passed else 1
 
 
 def tuning_of(settings: Settings) -> str:
@@ -86,14 +105,12 @@ async def measure_all(
     await truncate_totals(bench.engine)
     order_ids = range(bench.first_id, bench.first_id + args.seed_orders)
     seconds = await seed_approach(bench.database_url, order_ids)
-    check = await verify_totals(bench.engine, order_ids[0], order_ids[-1])
+    check = await check_totals(bench.engine, order_ids[0], order_ids[-1])
     results.seed = Outcome(args.seed_orders, seconds, verification=check)
     say(f"  {results.seed.rate:,.0f} orders/s, {check.describe()}")
     if args.profile:
-        say(f"- profile: py-spy on a burst worker draining {args.jobs:,} jobs ...")
-        profile = await profiling.profile_per_order(bench, args.jobs, bare_args)
         say("- profile: the single-order job's layers, in-process ...")
-        results.profile = profile + "\n\n" + await layers_markdown(bench)
+        results.profile = await layers_markdown(bench)
         say(results.profile)
 
 
@@ -107,7 +124,7 @@ async def measure_batches(bench: Bench, results: Results) -> None:
         # as the closeness in time of its two figures.
         say("- SQL limit ...")
         seconds = await sql_limit(bench.engine)
-        check = await verify_totals(bench.engine, bench.first_id, bench.last_id)
+        check = await check_totals(bench.engine, bench.first_id, bench.last_id)
         results.sql_limits[replicas] = Outcome(bench.orders, seconds, verification=check)
         say(f"  {bench.orders / seconds:,.0f} orders/s, {check.describe()}")
         say(f"- totals --all, {replicas} replica(s) ...")
@@ -169,6 +186,8 @@ def report(measured: Measured, args: argparse.Namespace, private: bool, log_dir:
 
 def run(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.soak:
+        return soak(args)
     log_dir = RESULTS_DIR / datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     started = time.monotonic()
     say(f"bytecode cache for child processes warmed in {warm_bytecode_cache():.1f}s")

@@ -11,13 +11,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
-from sqlalchemy import make_url, text
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-from db.engine import create_engine, create_sessionmaker
+from db.engine import create_sessionmaker
 from db.migrate import upgrade_to_head
 from db.seed import count_orders, generate_orders, load_sample
-from worker.localstack import LocalStack
+from worker.harness.databases import create_database
+from worker.harness.servers import LocalStack
 
 DATABASE_VARIABLE = "ORDERWORKER_BENCH_DATABASE_URL"
 REDIS_VARIABLE = "ORDERWORKER_BENCH_REDIS_URL"
@@ -46,23 +47,11 @@ def bench_servers(stack_name: str = "bench") -> Iterator[BenchServers]:
         yield BenchServers(urls.database_url, urls.redis_url, private=True)
 
 
-def with_database(url: str, name: str) -> str:
-    return make_url(url).set(database=name).render_as_string(hide_password=False)
-
-
 async def fresh_database(servers: BenchServers) -> str:
     """The URL of an empty database for this run: the stack's own, or a re-created one."""
     if servers.private:
         return servers.database_url
-    admin = create_engine(servers.database_url, pool_size=1)
-    try:
-        async with admin.connect() as connection:
-            autocommit = await connection.execution_options(isolation_level="AUTOCOMMIT")
-            await autocommit.execute(text(f"DROP DATABASE IF EXISTS {BENCH_DATABASE} WITH (FORCE)"))
-            await autocommit.execute(text(f"CREATE DATABASE {BENCH_DATABASE}"))
-    finally:
-        await admin.dispose()
-    return with_database(servers.database_url, BENCH_DATABASE)
+    return await create_database(servers.database_url, BENCH_DATABASE, replace=True)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,6 +1,7 @@
 """Shared fixtures. Integration tests run against real servers: ORDERWORKER_TEST_DATABASE_URL and
 ORDERWORKER_TEST_REDIS_URL when set (CI), otherwise a private local stack started for the session.
-Every test that asks for `database_url` gets a database of its own, cloned from a migrated template.
+Every test that asks for `database_url` gets a migrated, empty database of its own: a copy of a
+migrated template, emptied again after its test and handed to the next one.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -30,12 +30,32 @@ from db.migrate import upgrade_to_head
 from db.seed import load_sample
 from jobs.client import OrderClient
 from jobs.connection import redis_settings_from_url
-from worker.localstack import LocalStack
+from worker.harness.databases import (
+    admin_execute,
+    create_database,
+    database_url_named,
+    drop_database,
+    empty_database,
+)
+from worker.harness.polling import DEADLINE_S, poll_until
+from worker.harness.replicas import replica_env, worker_command
+from worker.harness.servers import LocalStack
 from worker.replica import OrderWorker
 from worker.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DEADLINE_S = 30.0
+# Re-exported for the test modules, which import them from here.
+__all__ = ["admin_execute", "database_url_named", "poll_until"]
+
+
+FAULTS_DIR = Path(__file__).with_name("faults")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test under tests/faults/ is marked `faults`: `pytest -m "not faults"` skips them."""
+    for item in items:
+        if FAULTS_DIR in item.path.parents:
+            item.add_marker(pytest.mark.faults)
 
 
 @dataclass(frozen=True)
@@ -77,46 +97,40 @@ async def servers() -> AsyncIterator[Servers]:
         await asyncio.to_thread(stack.stop)
 
 
-def database_url_named(url: str, name: str) -> str:
-    return make_url(url).set(database=name).render_as_string(hide_password=False)
-
-
-async def admin_execute(admin_database_url: str, *statements: str) -> None:
-    """Run statements outside a transaction (CREATE/DROP DATABASE) on an admin connection."""
-    engine = create_engine(admin_database_url)
-    try:
-        async with engine.connect() as connection:
-            autocommit = await connection.execution_options(isolation_level="AUTOCOMMIT")
-            for statement in statements:
-                await autocommit.execute(text(statement))
-    finally:
-        await engine.dispose()
-
-
 @pytest.fixture(scope="session")
 async def template_database(servers: Servers) -> AsyncIterator[str]:
     name = f"orderworker_template_{os.getpid()}"
-    await admin_execute(
-        servers.admin_database_url, f"DROP DATABASE IF EXISTS {name}", f"CREATE DATABASE {name}"
-    )
-    engine = create_engine(database_url_named(servers.admin_database_url, name))
+    engine = create_engine(await create_database(servers.admin_database_url, name, replace=True))
     try:
         await upgrade_to_head(engine)
     finally:
         await engine.dispose()
     yield name
-    await admin_execute(servers.admin_database_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    await drop_database(servers.admin_database_url, name)
+
+
+@pytest.fixture(scope="session")
+async def clean_databases(servers: Servers) -> AsyncIterator[list[str]]:
+    """Databases copied from the template and emptied again after their test, ready for the next."""
+    free: list[str] = []
+    yield free
+    for name in free:
+        await drop_database(servers.admin_database_url, name)
 
 
 @pytest.fixture
-async def database_url(servers: Servers, template_database: str) -> AsyncIterator[str]:
-    """A fresh, migrated, empty database for this test only."""
-    name = f"orderworker_test_{uuid.uuid4().hex[:12]}"
-    await admin_execute(
-        servers.admin_database_url, f"CREATE DATABASE {name} TEMPLATE {template_database}"
-    )
-    yield database_url_named(servers.admin_database_url, name)
-    await admin_execute(servers.admin_database_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+async def database_url(
+    servers: Servers, template_database: str, clean_databases: list[str]
+) -> AsyncIterator[str]:
+    """A migrated, empty database for this test only: a copy of the template, or one emptied."""
+    if clean_databases:
+        url = database_url_named(servers.admin_database_url, clean_databases.pop())
+    else:
+        name = f"orderworker_test_{uuid.uuid4().hex[:12]}"
+        url = await create_database(servers.admin_database_url, name, template=template_database)
+    yield url
+    await empty_database(url)
+    clean_databases.append(str(make_url(url).database))
 
 
 @pytest.fixture
@@ -206,44 +220,25 @@ async def start_worker(settings: Settings) -> AsyncIterator[StartWorker]:
         await worker.close()
 
 
-async def poll_until(
-    condition: Callable[[], bool | Awaitable[bool]], what: str, timeout_s: float = DEADLINE_S
-) -> None:
-    """Wait for `condition` with a deadline: the only way tests wait."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        outcome = condition()
-        if not isinstance(outcome, bool):
-            outcome = await outcome
-        if outcome:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:g}s waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
 def cli_env(settings: Settings, **extra: str) -> dict[str, str]:
     """Environment for running `orderworker` as a subprocess against the test servers."""
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith("ORDERWORKER_") or key.startswith("ORDERWORKER_TEST_")
-    }
+    base = {key: value for key, value in os.environ.items() if key != "PYTHONDONTWRITEBYTECODE"}
     # CLI tests are dominated by interpreter start-up: cache bytecode outside the repository.
-    env.pop("PYTHONDONTWRITEBYTECODE", None)
-    env.setdefault("PYTHONPYCACHEPREFIX", str(Path(tempfile.gettempdir()) / "orderworker-pycache"))
-    env.update(
-        ORDERWORKER_DATABASE_URL=settings.database_dsn(),
-        ORDERWORKER_REDIS_URL=settings.redis_dsn(),
-        ORDERWORKER_QUEUE_NAME=settings.queue_name,
-        ORDERWORKER_WORKER__POLL_DELAY_S="0.01",
-        ORDERWORKER_WORKER__HEALTH_INTERVAL_S="0.5",
-        ORDERWORKER_WORKER__RETRY_BASE_DELAY_S="0.01",
-        ORDERWORKER_WORKER__RETRY_MAX_DELAY_S="0.05",
-        ORDERWORKER_LOG__FORMAT="json",
+    base.setdefault("PYTHONPYCACHEPREFIX", str(Path(tempfile.gettempdir()) / "orderworker-pycache"))
+    fast = {
+        "ORDERWORKER_WORKER__POLL_DELAY_S": "0.01",
+        "ORDERWORKER_WORKER__HEALTH_INTERVAL_S": "0.5",
+        "ORDERWORKER_WORKER__RETRY_BASE_DELAY_S": "0.01",
+        "ORDERWORKER_WORKER__RETRY_MAX_DELAY_S": "0.05",
+    }
+    return replica_env(
+        settings.database_dsn(),
+        settings.redis_dsn(),
+        settings.queue_name,
+        base=base,
+        inherit_settings=False,
+        extra={**fast, **extra},
     )
-    env.update(extra)
-    return env
 
 
 def run_cli(
@@ -268,7 +263,7 @@ def worker_processes(settings: Settings) -> Iterator[Callable[..., subprocess.Po
 
     def start(*args: str, **extra_env: str) -> subprocess.Popen[str]:
         process = subprocess.Popen(
-            [sys.executable, "-m", "worker", "worker", *args],
+            worker_command(*args),
             env=cli_env(settings, **extra_env),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

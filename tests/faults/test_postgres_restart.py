@@ -7,15 +7,13 @@ import asyncio
 import time
 
 import pytest
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.faults.conftest import (
     CHUNK_SIZE,
     CONCURRENCY,
     ORDER_COUNT,
+    FaultScenario,
     PrivateStack,
-    SpawnWorker,
-    StallBatch,
     assert_batch_exact,
     wait_for_batch,
 )
@@ -25,13 +23,11 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
 async def test_jobs_cut_off_by_a_postgres_restart_are_retried_and_the_batch_completes(
     private_stack: PrivateStack,
-    spawn_worker: SpawnWorker,
-    stall_batch: StallBatch,
-    fault_engine: AsyncEngine,
+    scenario: FaultScenario,
 ) -> None:
-    workers = await asyncio.gather(spawn_worker(), spawn_worker())
+    workers = await asyncio.gather(scenario.spawn(), scenario.spawn())
     # Every slot holds a chunk inside an open transaction when the server goes down.
-    stalled = await stall_batch(locked=2 * CONCURRENCY)
+    stalled = await scenario.stall(locked=2 * CONCURRENCY)
     assert 0 < stalled.totals_at_stall < ORDER_COUNT - 2 * CONCURRENCY * CHUNK_SIZE
 
     restarted_at = time.monotonic()
@@ -44,7 +40,7 @@ async def test_jobs_cut_off_by_a_postgres_restart_are_retried_and_the_batch_comp
         f"batch complete {time.monotonic() - restarted_at:.1f}s after it began"
     )
 
-    await assert_batch_exact(summary, fault_engine)
+    await assert_batch_exact(summary, scenario.engine)
     for worker in workers:
         assert worker.alive(), worker.excerpt()
         assert worker.events("job.failed") == worker.events("job.gave_up") == []

@@ -1,5 +1,7 @@
 """Redis restarted mid-batch: replicas reconnect with backoff and carry on (they never exit), the
-batch completes, and with AOF no job enqueued before the restart is lost."""
+batch completes, and with AOF no job enqueued before the restart is lost. One restart serves two
+pairs of replicas at once, each on its own database and queue: at a low concurrency, and at the
+full default one (which must also resume promptly, with nothing logged at error level)."""
 
 from __future__ import annotations
 
@@ -8,23 +10,22 @@ import time
 from dataclasses import dataclass
 
 import pytest
-from sqlalchemy.ext.asyncio import AsyncEngine
 
-from jobs.client import OrderClient
 from tests.conftest import poll_until
 from tests.faults.conftest import (
     BATCH_DEADLINE_S,
     CHUNK_SIZE,
     CONCURRENCY,
+    FaultScenario,
+    NewScenario,
     PrivateStack,
-    SpawnWorker,
-    StallBatch,
-    WorkerProcess,
+    StalledBatch,
     assert_batch_exact,
     job_tries,
     totals_reach,
     wait_for_batch,
 )
+from worker.harness.replicas import Replica
 from worker.replica import MAX_RECONNECT_DELAY_S
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
@@ -35,94 +36,98 @@ RESUME_BOUND_S = MAX_RECONNECT_DELAY_S + 2
 
 
 @dataclass
-class RedisRestart:
-    workers: list[WorkerProcess]
-    recovered_s: float  # from Redis being back to every replica taking jobs again
+class MidBatch:
+    """A pair of replicas at `concurrency` with a stalled batch, when Redis goes down."""
+
+    scenario: FaultScenario
+    concurrency: int
+    workers: list[Replica]
+    stalled: StalledBatch
+    queued: set[str]  # chunks not yet started
+    recovered_s: float = 0.0  # from Redis being back to both replicas taking jobs again
 
 
-async def _restart_redis_mid_batch(
-    stack: PrivateStack,
-    spawn_worker: SpawnWorker,
-    stall_batch: StallBatch,
-    engine: AsyncEngine,
-    client: OrderClient,
-    concurrency: int,
-    reconnect_deadline_s: float = BATCH_DEADLINE_S,
-) -> RedisRestart:
+async def _replicas(scenario: FaultScenario, concurrency: int) -> list[Replica]:
     env = {
         "ORDERWORKER_WORKER__CONCURRENCY": str(concurrency),
         "ORDERWORKER_DATABASE__POOL_SIZE": str(concurrency),
     }
-    workers = list(await asyncio.gather(spawn_worker(**env), spawn_worker(**env)))
-    stalled = await stall_batch(locked=2 * concurrency)
+    return list(await asyncio.gather(scenario.spawn(**env), scenario.spawn(**env)))
+
+
+async def _stall_mid_batch(
+    scenario: FaultScenario, concurrency: int, workers: list[Replica]
+) -> MidBatch:
+    stalled = await scenario.stall(locked=2 * concurrency)
+    client = scenario.client
     queued = {job_id.decode() for job_id in await client.redis.zrange(client.queue_name, 0, -1)}
     assert len(queued) > 2 * concurrency  # chunks not yet started, besides the blocked ones
+    return MidBatch(scenario, concurrency, workers, stalled, queued)
 
-    await asyncio.to_thread(stack.redis.stop)
+
+async def _committed_during_the_outage(batch: MidBatch) -> None:
     # The blocked chunks now commit their totals but cannot store their results: those are lost
     # with the connection, and the chunks run again once their in-progress keys expire.
-    await stalled.release()
-    committed = stalled.totals_at_stall + 2 * concurrency * CHUNK_SIZE
+    await batch.stalled.release()
+    committed = batch.stalled.totals_at_stall + 2 * batch.concurrency * CHUNK_SIZE
+    engine = batch.scenario.engine
     await poll_until(lambda: totals_reach(engine, committed), "blocked chunks committed")
+
+
+async def _reconnected(batch: MidBatch, back_at: float, deadline_s: float) -> None:
+    await poll_until(
+        lambda: all(worker.events("worker.redis_recovered") for worker in batch.workers),
+        f"every replica at concurrency {batch.concurrency} reconnected",
+        deadline_s,
+    )
+    batch.recovered_s = time.monotonic() - back_at
+
+
+async def _completed_exactly(batch: MidBatch, back_at: float) -> None:
+    summary = await wait_for_batch(batch.stalled.run, BATCH_DEADLINE_S)
+    print(
+        f"\nRedis restart, concurrency {batch.concurrency}: replicas reconnected "
+        f"{batch.recovered_s:.1f}s after Redis was back; "
+        f"batch complete after {time.monotonic() - back_at:.1f}s"
+    )
+    await assert_batch_exact(summary, batch.scenario.engine)
+    tries = await job_tries(batch.scenario.client.redis, sorted(batch.queued))
+    assert set(tries) == batch.queued  # every job queued before the restart finished after it
+    for worker in batch.workers:
+        assert worker.alive(), worker.excerpt()
+
+
+async def test_replicas_survive_a_redis_restart_resume_promptly_and_lose_no_enqueued_job(
+    private_stack: PrivateStack, new_scenario: NewScenario
+) -> None:
+    scenarios = {CONCURRENCY: await new_scenario(), FULL_CONCURRENCY: await new_scenario()}
+    replicas = await asyncio.gather(*(_replicas(s, n) for n, s in scenarios.items()))
+    # Both batches stall at once: a chunk blocked for longer than its timeout frees its slot.
+    low, full = await asyncio.gather(
+        *(
+            _stall_mid_batch(scenario, n, workers)
+            for (n, scenario), workers in zip(scenarios.items(), replicas, strict=True)
+        )
+    )
+    await asyncio.to_thread(private_stack.redis.stop)
+    await asyncio.gather(_committed_during_the_outage(low), _committed_during_the_outage(full))
     # Keep Redis down until every replica has hit the outage in its own poll loop: a restart
     # quicker than that would be hidden by the client's reconnects and prove nothing.
+    workers = low.workers + full.workers
     await poll_until(
         lambda: all(worker.events("worker.redis_unavailable") for worker in workers),
         "every replica saw the outage",
     )
     for worker in workers:
         assert worker.alive(), worker.excerpt()
-    await asyncio.to_thread(stack.redis.start)
+    await asyncio.to_thread(private_stack.redis.start)
     back_at = time.monotonic()
-    await poll_until(
-        lambda: all(worker.events("worker.redis_recovered") for worker in workers),
-        "every replica reconnected",
-        reconnect_deadline_s,
+    await asyncio.gather(
+        _reconnected(low, back_at, BATCH_DEADLINE_S), _reconnected(full, back_at, RESUME_BOUND_S)
     )
-    recovered_s = time.monotonic() - back_at
-    summary = await wait_for_batch(stalled.run, BATCH_DEADLINE_S)
-    print(
-        f"\nRedis restart, concurrency {concurrency}: replicas reconnected {recovered_s:.1f}s "
-        f"after Redis was back; batch complete after {time.monotonic() - back_at:.1f}s"
-    )
+    await asyncio.gather(_completed_exactly(low, back_at), _completed_exactly(full, back_at))
 
-    await assert_batch_exact(summary, engine)
-    tries = await job_tries(client.redis, sorted(queued))
-    assert set(tries) == queued  # every job queued before the restart finished after it
-    for worker in workers:
-        assert worker.alive(), worker.excerpt()
-    return RedisRestart(workers, recovered_s)
-
-
-async def test_replicas_survive_a_redis_restart_and_no_enqueued_job_is_lost(
-    private_stack: PrivateStack,
-    spawn_worker: SpawnWorker,
-    stall_batch: StallBatch,
-    fault_engine: AsyncEngine,
-    fault_client: OrderClient,
-) -> None:
-    await _restart_redis_mid_batch(
-        private_stack, spawn_worker, stall_batch, fault_engine, fault_client, CONCURRENCY
-    )
-
-
-async def test_replicas_at_full_concurrency_resume_promptly_after_a_redis_restart(
-    private_stack: PrivateStack,
-    spawn_worker: SpawnWorker,
-    stall_batch: StallBatch,
-    fault_engine: AsyncEngine,
-    fault_client: OrderClient,
-) -> None:
-    restart = await _restart_redis_mid_batch(
-        private_stack,
-        spawn_worker,
-        stall_batch,
-        fault_engine,
-        fault_client,
-        FULL_CONCURRENCY,
-        reconnect_deadline_s=RESUME_BOUND_S,
-    )
-    assert restart.recovered_s < RESUME_BOUND_S
-    for worker in restart.workers:
+    assert full.recovered_s < RESUME_BOUND_S
+    for worker in full.workers:
         errors = [event for event in worker.events() if event.get("level") == "error"]
         assert errors == [], [event["event"][:120] for event in errors]

@@ -8,23 +8,20 @@ import time
 
 import pytest
 from arq.constants import in_progress_key_prefix, retry_key_prefix
-from sqlalchemy.ext.asyncio import AsyncEngine
 
-from jobs.client import OrderClient
 from tests.conftest import poll_until
 from tests.faults.conftest import (
     CHUNK_SIZE,
     CONCURRENCY,
     ORDER_COUNT,
-    SpawnWorker,
-    StallBatch,
-    WorkerProcess,
+    FaultScenario,
     assert_batch_exact,
     count_totals,
     job_tries,
     totals_reach,
     wait_for_batch,
 )
+from worker.harness.replicas import Replica
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
@@ -36,15 +33,12 @@ EXIT_MARGIN_S = 5.0
 
 
 async def test_sigterm_finishes_in_flight_jobs_takes_no_new_ones_and_exits_0(
-    spawn_worker: SpawnWorker,
-    stall_batch: StallBatch,
-    fault_engine: AsyncEngine,
-    fault_client: OrderClient,
+    scenario: FaultScenario,
 ) -> None:
-    draining = await spawn_worker(ORDERWORKER_WORKER__SHUTDOWN_GRACE_S=str(GRACE_S), **SLOW_JOBS)
-    stalled = await stall_batch(locked=CONCURRENCY)
-    queue = fault_client.queue_name
-    queued_at_stop = await fault_client.redis.zcard(queue)
+    draining = await scenario.spawn(ORDERWORKER_WORKER__SHUTDOWN_GRACE_S=str(GRACE_S), **SLOW_JOBS)
+    stalled = await scenario.stall(locked=CONCURRENCY)
+    queue = scenario.client.queue_name
+    queued_at_stop = await scenario.client.redis.zcard(queue)
     assert queued_at_stop > CONCURRENCY  # jobs still waiting besides the blocked ones
 
     draining.process.send_signal(signal.SIGTERM)
@@ -64,31 +58,28 @@ async def test_sigterm_finishes_in_flight_jobs_takes_no_new_ones_and_exits_0(
     finished_while_draining = events[events.index("worker.draining") :].count("job.done")
     assert finished_while_draining == CONCURRENCY
     # It took nothing new: exactly the in-flight chunks left the queue.
-    assert await fault_client.redis.zcard(queue) == queued_at_stop - CONCURRENCY
+    assert await scenario.client.redis.zcard(queue) == queued_at_stop - CONCURRENCY
     expected_totals = stalled.totals_at_stall + CONCURRENCY * CHUNK_SIZE
-    assert await count_totals(fault_engine) == expected_totals
+    assert await count_totals(scenario.engine) == expected_totals
 
-    replacement = await spawn_worker()
+    replacement = await scenario.spawn()
     summary = await wait_for_batch(stalled.run)
-    await assert_batch_exact(summary, fault_engine)
+    await assert_batch_exact(summary, scenario.engine)
     assert replacement.alive(), replacement.excerpt()
 
 
 async def test_a_job_cut_off_by_the_grace_period_is_requeued_without_using_a_try(
-    spawn_worker: SpawnWorker,
-    stall_batch: StallBatch,
-    fault_engine: AsyncEngine,
-    fault_client: OrderClient,
+    scenario: FaultScenario,
 ) -> None:
-    stopping = await spawn_worker(
+    stopping = await scenario.spawn(
         ORDERWORKER_WORKER__SHUTDOWN_GRACE_S=str(SHORT_GRACE_S), **SLOW_JOBS
     )
-    stalled = await stall_batch(locked=1)
+    stalled = await scenario.stall(locked=1)
     [job_id] = stalled.locked_job_ids
     await poll_until(
-        lambda: totals_reach(fault_engine, ORDER_COUNT - CHUNK_SIZE), "every other chunk done"
+        lambda: totals_reach(scenario.engine, ORDER_COUNT - CHUNK_SIZE), "every other chunk done"
     )
-    redis = fault_client.redis
+    redis = scenario.client.redis
     assert await redis.get(retry_key_prefix + job_id) == b"1"  # its first try is running
 
     stopping.process.send_signal(signal.SIGTERM)
@@ -101,18 +92,18 @@ async def test_a_job_cut_off_by_the_grace_period_is_requeued_without_using_a_try
     assert drained["requeued"] == 1
     assert await redis.get(retry_key_prefix + job_id) == b"0"  # the try was given back
     assert not await redis.exists(in_progress_key_prefix + job_id)
-    assert await redis.zscore(fault_client.queue_name, job_id) is not None  # still queued
+    assert await redis.zscore(scenario.client.queue_name, job_id) is not None  # still queued
 
     await stalled.release()
-    successor = await spawn_worker()
+    successor = await scenario.spawn()
     summary = await wait_for_batch(stalled.run)
-    await assert_batch_exact(summary, fault_engine)
+    await assert_batch_exact(summary, scenario.engine)
     assert await job_tries(redis, [job_id]) == {job_id: 1}
     assert successor.alive(), successor.excerpt()
 
 
-def assert_clean_log(worker: WorkerProcess) -> None:
+def assert_clean_log(worker: Replica) -> None:
     """No traceback, no logged exception, nothing at error level."""
-    assert "Traceback" not in worker.stderr(), worker.excerpt()
+    assert "Traceback" not in worker.log(), worker.excerpt()
     bad = [e for e in worker.events() if "exception" in e or e["level"] in ("error", "critical")]
     assert bad == [], bad[:3]

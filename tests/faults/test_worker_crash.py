@@ -8,16 +8,13 @@ import time
 
 import pytest
 from arq.constants import in_progress_key_prefix
-from sqlalchemy.ext.asyncio import AsyncEngine
 
-from jobs.client import OrderClient
 from tests.faults.conftest import (
     CHUNK_SIZE,
     CONCURRENCY,
     IN_PROGRESS_TTL_S,
     ORDER_COUNT,
-    SpawnWorker,
-    StallBatch,
+    FaultScenario,
     assert_batch_exact,
     job_tries,
     wait_for_batch,
@@ -31,16 +28,13 @@ RECOVERY_BOUND_S = IN_PROGRESS_TTL_S + 10
 
 
 async def test_jobs_of_a_killed_replica_run_again_on_the_other_within_the_bound(
-    spawn_worker: SpawnWorker,
-    stall_batch: StallBatch,
-    fault_engine: AsyncEngine,
-    fault_client: OrderClient,
+    scenario: FaultScenario,
 ) -> None:
-    victim, survivor = await asyncio.gather(spawn_worker(), spawn_worker())
+    victim, survivor = await asyncio.gather(scenario.spawn(), scenario.spawn())
     # Every slot of both replicas holds a blocked chunk: the victim dies with CONCURRENCY in flight.
-    stalled = await stall_batch(locked=2 * CONCURRENCY)
+    stalled = await scenario.stall(locked=2 * CONCURRENCY)
     assert 0 < stalled.totals_at_stall < ORDER_COUNT - 2 * CONCURRENCY * CHUNK_SIZE
-    in_progress_ms = await fault_client.redis.pttl(
+    in_progress_ms = await scenario.client.redis.pttl(
         in_progress_key_prefix + stalled.locked_job_ids[0]
     )
     assert 0 < in_progress_ms <= IN_PROGRESS_TTL_S * 1000  # the bound below rests on this expiry
@@ -56,9 +50,9 @@ async def test_jobs_of_a_killed_replica_run_again_on_the_other_within_the_bound(
         f"(bound {RECOVERY_BOUND_S:.0f}s, in-progress expiry {IN_PROGRESS_TTL_S:.0f}s)"
     )
 
-    await assert_batch_exact(summary, fault_engine)
+    await assert_batch_exact(summary, scenario.engine)
     assert survivor.alive(), survivor.excerpt()
-    tries = await job_tries(fault_client.redis, stalled.locked_job_ids)
+    tries = await job_tries(scenario.client.redis, stalled.locked_job_ids)
     rerun = [job_id for job_id, job_try in tries.items() if job_try >= 2]
     assert len(rerun) >= CONCURRENCY, tries  # the victim's in-flight chunks ran a second time
     assert recovery_s < RECOVERY_BOUND_S

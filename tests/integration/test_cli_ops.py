@@ -32,8 +32,8 @@ from tests.conftest import (
     poll_until,
     run_cli,
 )
+from worker.harness.servers import free_port
 from worker.health import live_replicas
-from worker.localstack import free_port
 from worker.settings import Settings
 
 Process = subprocess.CompletedProcess[str]

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import fakeredis
@@ -15,8 +13,10 @@ from arq.jobs import serialize_result
 
 from jobs.client import OrderClient
 from jobs.serialization import deserialize, serialize
+from worker.harness.polling import poll_until
 
 UNIT_QUEUE = "unit:queue"
+__all__ = ["poll_until"]  # re-exported for the test modules
 SERVER_FIXTURES = {"servers", "database_url", "redis_url", "engine", "redis", "client", "settings"}
 
 
@@ -72,13 +72,3 @@ def result_bytes(
 
 async def store_result(redis: ArqRedis, job_id: str, result: Any, *, success: bool = True) -> None:
     await redis.set(result_key_prefix + job_id, result_bytes(result, success=success))
-
-
-async def poll_until(
-    condition: Callable[[], Awaitable[bool]], what: str, timeout_s: float = 5.0
-) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not await condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:g}s waiting for {what}")
-        await asyncio.sleep(0.01)

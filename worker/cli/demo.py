@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -25,7 +23,8 @@ from worker.cli.health import live_replicas
 from worker.cli.resources import database, producer
 from worker.cli.runtime import configured, run_async
 from worker.cli.totals import describe_batch, run_batch
-from worker.localstack import LocalStack, state_dir
+from worker.harness.replicas import Replica, replica_env, stop_all
+from worker.harness.servers import LocalStack, state_dir
 from worker.settings import Settings
 
 WORKERS = 2
@@ -61,37 +60,14 @@ def stack_for(settings: Settings) -> Iterator[Settings]:
 def worker_processes(
     settings: Settings, count: int, log_dir: Path
 ) -> Iterator[list[subprocess.Popen[bytes]]]:
-    env = {
-        **os.environ,
-        "ORDERWORKER_DATABASE_URL": settings.database_dsn(),
-        "ORDERWORKER_REDIS_URL": settings.redis_dsn(),
-        "ORDERWORKER_QUEUE_NAME": settings.queue_name,
-        "ORDERWORKER_LOG__FORMAT": "json",
-    }
-    log_dir.mkdir(parents=True, exist_ok=True)
-    processes = []
-    for number in range(1, count + 1):
-        # The child keeps its own copy of the file descriptor; ours is closed at once.
-        with (log_dir / f"worker-{number}.log").open("wb") as log_file:
-            processes.append(
-                subprocess.Popen(
-                    [sys.executable, "-m", "worker", "worker"],
-                    env=env,
-                    stdout=log_file,
-                    stderr=log_file,
-                )
-            )
+    env = replica_env(settings.database_dsn(), settings.redis_dsn(), settings.queue_name)
+    replicas = [
+        Replica.spawn(env, log_dir / f"worker-{number}.log") for number in range(1, count + 1)
+    ]
     try:
-        yield processes
+        yield [replica.process for replica in replicas]
     finally:
-        for process in processes:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        for process in processes:
-            try:
-                process.wait(timeout=settings.worker.shutdown_grace_s + 10)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop_all(replicas, settings.worker.shutdown_grace_s + 10)
 
 
 async def wait_for_replicas(settings: Settings, count: int) -> None:
