@@ -52,10 +52,12 @@ FAULTS_DIR = Path(__file__).with_name("faults")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Every test under tests/faults/ is marked `faults`: `pytest -m "not faults"` skips them."""
+    """Every test under tests/faults/ is marked `faults`: `pytest -m "not faults"` skips them.
+    They share one private stack that they restart, so they all run in one xdist worker."""
     for item in items:
         if FAULTS_DIR in item.path.parents:
             item.add_marker(pytest.mark.faults)
+            item.add_marker(pytest.mark.xdist_group("faults"))
 
 
 @dataclass(frozen=True)
@@ -89,7 +91,8 @@ async def servers() -> AsyncIterator[Servers]:
             pytest.fail(f"test servers unreachable: {type(error).__name__}: {error}", pytrace=False)
         yield Servers(database_url, redis_url)
         return
-    stack = LocalStack(name="tests")
+    # One private stack per xdist worker: each has its own state folder.
+    stack = LocalStack(name=f"tests-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}")
     urls = await asyncio.to_thread(stack.start)
     try:
         yield Servers(urls.database_url, urls.redis_url)
