@@ -19,18 +19,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from db.engine import create_engine, create_sessionmaker
 from db.models import Item, Order, OrderItem, OrderTotal
+from db.totals import INSERT_ORDER_TOTALS, ON_CONFLICT_UPDATE_TOTAL, SELECT_ORDER_TOTALS
 
+# The product's computation over all orders in one statement: what PostgreSQL alone does.
 SQL_LIMIT = text(
-    """
-    INSERT INTO order_totals (order_id, total, computed_at)
-    SELECT o.id, COALESCE(SUM(i.price * oi.quantity), 0), now()
-    FROM orders o
-    LEFT JOIN order_items oi ON oi.order_id = o.id
-    LEFT JOIN item i ON i.id = oi.item_id
-    GROUP BY o.id
-    ON CONFLICT (order_id) DO UPDATE
-        SET total = EXCLUDED.total, computed_at = EXCLUDED.computed_at
-    """
+    f"{INSERT_ORDER_TOTALS} {SELECT_ORDER_TOTALS} GROUP BY o.id {ON_CONFLICT_UPDATE_TOTAL}"
 )
 
 
