@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -24,6 +23,7 @@ from bench.processes import Child, Finished
 from bench.stack import BenchServers, clear_queue_keys, fresh_database, load_orders
 from db.engine import create_engine
 from worker.harness.checks import TotalsCheck, check_totals
+from worker.harness.polling import poll_until
 from worker.harness.replicas import replica_env
 from worker.health import live_replicas
 
@@ -88,14 +88,13 @@ class Bench:
             Child([*PRODUCT, "worker"], env, self.log_dir, f"{label}-w{n}")
             for n in range(1, count + 1)
         ]
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while len(await live_replicas(self.redis, queue)) < count:
+
+        async def all_live() -> bool:
             for replica in replicas:
-                if replica.poll() is not None:
-                    raise RuntimeError(f"{replica.label} exited:\n{replica.log_tail()}")
-            if time.monotonic() >= deadline:
-                raise TimeoutError(f"{count} replicas not ready within {READY_TIMEOUT_S:g}s")
-            await asyncio.sleep(0.05)
+                replica.check_alive()
+            return len(await live_replicas(self.redis, queue)) >= count
+
+        await poll_until(all_live, f"{count} live replicas", READY_TIMEOUT_S)
         return replicas
 
 

@@ -9,7 +9,6 @@ time does come from wait4(): user + system of that child alone.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import subprocess
@@ -20,7 +19,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-REAP_POLL_S = 0.02
+from worker.harness.polling import poll_until
+
 RSS_POLL_S = 0.01
 MIB = 1024 * 1024
 # This machine sets PYTHONDONTWRITEBYTECODE=1 and the venv holds no .pyc files, so every process
@@ -163,13 +163,17 @@ class Child:
         return self.result
 
     async def finished(self, timeout_s: float) -> Finished:
-        deadline = time.monotonic() + timeout_s
-        while (result := self.poll()) is None:
-            if time.monotonic() >= deadline:
-                self.kill()
-                raise TimeoutError(f"{self.label} did not exit within {timeout_s:g}s")
-            await asyncio.sleep(REAP_POLL_S)
-        return result
+        try:
+            await poll_until(lambda: self.poll() is not None, f"{self.label} exit", timeout_s)
+        finally:
+            self.kill()  # nothing to do once it has exited
+        assert self.result is not None
+        return self.result
+
+    def check_alive(self) -> None:
+        """Raise, with the tail of its log, once it has exited."""
+        if self.poll() is not None:
+            raise RuntimeError(f"{self.label} exited early:\n{self.log_tail()}")
 
     async def stop(self, timeout_s: float = 60.0) -> Finished:
         """SIGTERM (a worker drains in-flight jobs first), then reap."""

@@ -14,8 +14,6 @@ README = Path(__file__).with_name("README.md")
 RESULTS_DIR = Path(__file__).with_name("results")  # git-ignored: logs and raw outputs
 RESULTS_START = "<!-- results -->"
 RESULTS_END = "<!-- /results -->"
-PROFILE_START = "<!-- profile -->"
-PROFILE_END = "<!-- /profile -->"
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,18 +106,10 @@ def results_section(
     )
 
 
-def replace_between(text: str, start: str, end: str, body: str) -> str:
-    head, found_start, rest = text.partition(start)
-    _, found_end, tail = rest.partition(end)
+def write_readme(results: str) -> None:
+    """`results` between the README's results markers."""
+    head, found_start, rest = README.read_text().partition(RESULTS_START)
+    _, found_end, tail = rest.partition(RESULTS_END)
     if not found_start or not found_end:
-        raise ValueError(f"{README} lacks the markers {start} ... {end}")
-    return f"{head}{start}\n{body}\n{end}{tail}"
-
-
-def write_readme(results: str | None = None, profile: str | None = None) -> None:
-    text = README.read_text()
-    if results is not None:
-        text = replace_between(text, RESULTS_START, RESULTS_END, results)
-    if profile is not None:
-        text = replace_between(text, PROFILE_START, PROFILE_END, profile)
-    README.write_text(text)
+        raise ValueError(f"{README} lacks the markers {RESULTS_START} ... {RESULTS_END}")
+    README.write_text(f"{head}{RESULTS_START}\n{results}\n{RESULTS_END}{tail}")

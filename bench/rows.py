@@ -27,7 +27,6 @@ class Results:
     noop: dict[str, Outcome] = field(default_factory=dict)
     seed: Outcome | None = None
     startup: dict[str, Startup] = field(default_factory=dict)
-    profile: str | None = None
 
     def outcomes(self) -> list[Outcome]:
         found = [self.submit, self.jobs, self.seed]

@@ -23,7 +23,6 @@ import uvloop
 
 from bench import drain, measure
 from bench.baselines import seed_approach, sql_limit, truncate_totals
-from bench.layers import layers_markdown
 from bench.measure import Bench, Outcome, open_bench, say
 from bench.noop_worker import ARQ_DEFAULT_MAX_JOBS, ARQ_DEFAULT_POLL_DELAY_S, NOOP_FUNCTION
 from bench.processes import exit_on_sigterm, kill_all, warm_bytecode_cache
@@ -46,9 +45,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--quick", action="store_true", help="100,000 orders (or --orders), 1,000 jobs; no README"
     )
     parser.add_argument("--no-readme", action="store_true", help="do not write bench/README.md")
-    parser.add_argument(
-        "--profile", action="store_true", help="also time the single-order job's layers"
-    )
     parser.add_argument("--soak", action="store_true", help="the soak, with replicas killed")
     parser.add_argument("--kills", type=int, default=3, help="with --soak: replicas killed")
     args = parser.parse_args(argv)
@@ -108,10 +104,6 @@ async def measure_all(
     check = await check_totals(bench.engine, order_ids[0], order_ids[-1])
     results.seed = Outcome(args.seed_orders, seconds, verification=check)
     say(f"  {results.seed.rate:,.0f} orders/s, {check.describe()}")
-    if args.profile:
-        say("- profile: the single-order job's layers, in-process ...")
-        results.profile = await layers_markdown(bench)
-        say(results.profile)
 
 
 def product_args(queue: str) -> list[str]:
@@ -177,7 +169,7 @@ def report(measured: Measured, args: argparse.Namespace, private: bool, log_dir:
     )
     (log_dir / "results.md").write_text(section + "\n")
     if not args.no_readme:
-        write_readme(section, results.profile)
+        write_readme(section)
         say("bench/README.md updated")
     failed = [row.name for row in rows if row.passed is False]
     say("all targets met" if not failed else "targets missed: " + "; ".join(failed))
