@@ -10,11 +10,10 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
-from bench.baselines import truncate_totals
-from bench.measure import READY_TIMEOUT_S, RUN_TIMEOUT_S, Bench, Outcome, redis_commands
+from bench.measure import READY_TIMEOUT_S, RUN_TIMEOUT_S, Bench, Outcome
 from bench.noop_worker import NOOP_FUNCTION
 from bench.processes import Child
-from bench.stack import clear_queue_keys
+from bench.stack import clear_queue_keys, truncate_totals
 from jobs.client import JobRequest, OrderClient
 from jobs.connection import redis_settings_from_url
 from worker.harness.checks import check_totals
@@ -22,12 +21,16 @@ from worker.harness.polling import poll_until
 from worker.health import live_replicas
 
 RESULT_POLL_S = 0.05
-WorkerArgs = Callable[[str], list[str]]  # queue name -> `python -m` arguments
 
 
-def noop_worker_args(bench: Bench, queue: str, extra: list[str]) -> list[str]:
-    """`python -m` arguments of the bare arq worker on `queue`."""
-    return ["bench.noop_worker", "--redis-url", bench.redis_url, "--queue", queue, *extra]
+def noop_worker_args(*extra: str) -> list[str]:
+    """`python -m` arguments of the bare arq worker (on the queue its environment names)."""
+    return ["bench.noop_worker", *extra]
+
+
+async def redis_commands(redis: Redis) -> int:
+    stats = await redis.info("stats")
+    return int(stats["total_commands_processed"])
 
 
 async def enqueue_single_jobs(bench: Bench, queue: str, function: str, jobs: int) -> list[str]:
@@ -49,7 +52,7 @@ async def single_jobs(
     label: str,
     jobs: int,
     function: str,
-    worker_args: WorkerArgs,
+    worker_args: list[str],
     **extra_env: str,
 ) -> Outcome:
     queue = bench.queue(label)
@@ -58,7 +61,7 @@ async def single_jobs(
     job_ids = await enqueue_single_jobs(bench, queue, function, jobs)
     keys = ["arq:result:" + job_id for job_id in job_ids]
     commands_before = await redis_commands(bench.redis)
-    child = Child(worker_args(queue), bench.env(queue, **extra_env), bench.log_dir, label)
+    child = Child(worker_args, bench.env(queue, **extra_env), bench.log_dir, label)
     polls, first_result = 0, 0.0
 
     async def all_results() -> bool:
@@ -117,11 +120,11 @@ async def arq_ready(redis: Redis, queue: str) -> bool:
 async def idle_start(
     bench: Bench,
     label: str,
-    worker_args: WorkerArgs,
+    worker_args: list[str],
     ready: Callable[[Redis, str], Awaitable[bool]],
 ) -> Startup:
     queue = bench.queue(label)
-    child = Child(worker_args(queue), bench.env(queue), bench.log_dir, label)
+    child = Child(worker_args, bench.env(queue), bench.log_dir, label)
 
     async def ready_now() -> bool:
         child.check_alive()

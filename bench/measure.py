@@ -18,9 +18,15 @@ from typing import Any
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from bench.baselines import order_id_range, truncate_totals
 from bench.processes import Child, Finished
-from bench.stack import BenchServers, clear_queue_keys, fresh_database, load_orders
+from bench.stack import (
+    BenchServers,
+    clear_queue_keys,
+    fresh_database,
+    load_orders,
+    order_id_range,
+    truncate_totals,
+)
 from db.engine import create_engine
 from worker.harness.checks import TotalsCheck, check_totals
 from worker.harness.polling import poll_until
@@ -29,7 +35,11 @@ from worker.health import live_replicas
 
 READY_TIMEOUT_S = 60.0
 RUN_TIMEOUT_S = 900.0
-PRODUCT = ("worker",)  # `python -m worker ...` is `orderworker ...`
+
+
+def product_args(*args: str) -> list[str]:
+    """`python -m` arguments of `orderworker *args`."""
+    return ["worker", *args]
 
 
 @dataclass(slots=True)
@@ -79,13 +89,13 @@ class Bench:
         return replica_env(self.database_url, self.redis_url, queue, extra=extra)
 
     def cli(self, label: str, queue: str, *args: str, env: dict[str, str] | None = None) -> Child:
-        return Child(["worker", *args], env or self.env(queue), self.log_dir, label)
+        return Child(product_args(*args), env or self.env(queue), self.log_dir, label)
 
     async def start_replicas(self, label: str, queue: str, count: int, **extra: str) -> list[Child]:
         """`python -m worker worker` x count, once every one of them reports a heartbeat."""
         env = self.env(queue, **extra)
         replicas = [
-            Child([*PRODUCT, "worker"], env, self.log_dir, f"{label}-w{n}")
+            Child(product_args("worker"), env, self.log_dir, f"{label}-w{n}")
             for n in range(1, count + 1)
         ]
 
@@ -170,11 +180,6 @@ async def batch_totals(
         note=f"total_sum {summary['total_sum']}",
         problems=problems,
     )
-
-
-async def redis_commands(redis: Redis) -> int:
-    stats = await redis.info("stats")
-    return int(stats["total_commands_processed"])
 
 
 async def cli_submit(bench: Bench) -> Outcome:

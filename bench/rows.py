@@ -7,6 +7,7 @@ from typing import Any
 
 from bench.drain import Startup
 from bench.measure import Outcome
+from bench.noop_worker import ARQ_DEFAULT_MAX_JOBS, ARQ_DEFAULT_POLL_DELAY_S
 from bench.report import Row
 from worker.settings import Settings
 
@@ -19,7 +20,8 @@ RSS_TARGET_MIB = 100.0
 
 @dataclass(slots=True)
 class Results:
-    arq_defaults: tuple[float, int]
+    orders: int
+    versions: tuple[str, str]  # PostgreSQL's, Redis's
     sql_limits: dict[int, Outcome] = field(default_factory=dict)  # by the batch row it precedes
     batch: dict[int, Outcome] = field(default_factory=dict)
     submit: Outcome | None = None
@@ -141,7 +143,7 @@ def _job_rows(results: Results, settings: Settings) -> list[Row]:
         )
     ]
     tuning = f"poll {settings.worker.poll_delay_s:g}s, max_jobs {settings.worker.concurrency}"
-    poll_s, max_jobs = results.arq_defaults
+    poll_s, max_jobs = ARQ_DEFAULT_POLL_DELAY_S, ARQ_DEFAULT_MAX_JOBS
     for label, outcome, what in (
         ("same tuning", same, f"{tuning}: baseline for the jobs row"),
         ("arq defaults", defaults, f"poll {poll_s:g}s, max_jobs {max_jobs}: context"),

@@ -97,6 +97,17 @@ async def server_versions(engine: AsyncEngine, redis_url: str) -> tuple[str, str
     return f"PostgreSQL {postgres.split()[0]}", f"Redis {info.get('redis_version', '?')}"
 
 
+async def truncate_totals(engine: AsyncEngine) -> None:
+    async with engine.begin() as connection:
+        await connection.execute(text("TRUNCATE order_totals"))
+
+
+async def order_id_range(engine: AsyncEngine) -> tuple[int, int]:
+    async with engine.connect() as connection:
+        row = (await connection.execute(text("SELECT min(id), max(id) FROM orders"))).one()
+    return int(row[0]), int(row[1])
+
+
 async def clear_queue_keys(redis: Redis, queue_name: str, job_ids: list[str]) -> None:
     """Remove a measurement's queue and every key its jobs left (never a whole Redis db)."""
     prefixes = ("arq:job:", "arq:result:", "arq:retry:", "arq:in-progress:")
