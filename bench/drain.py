@@ -53,7 +53,6 @@ async def single_jobs(
     jobs: int,
     function: str,
     worker_args: list[str],
-    **extra_env: str,
 ) -> Outcome:
     queue = bench.queue(label)
     await truncate_totals(bench.engine)
@@ -61,7 +60,7 @@ async def single_jobs(
     job_ids = await enqueue_single_jobs(bench, queue, function, jobs)
     keys = ["arq:result:" + job_id for job_id in job_ids]
     commands_before = await redis_commands(bench.redis)
-    child = Child(worker_args, bench.env(queue, **extra_env), bench.log_dir, label)
+    child = Child(worker_args, bench.env(queue), bench.log_dir, label)
     polls, first_result = 0, 0.0
 
     async def all_results() -> bool:

@@ -38,50 +38,26 @@ class Row:
         return [self.name, self.count, seconds, value, ratio, self.target, verdict, self.note]
 
 
-HEADER = [
-    "measurement",
-    "orders / jobs",
-    "seconds",
-    "rate /s",
-    "ratio",
-    "target",
-    "result",
-    "notes",
-]
+HEADER = "measurement | orders / jobs | seconds | rate /s | ratio | target | result | notes"
 
 
 def markdown_table(rows: list[Row]) -> str:
-    lines = [
-        "| " + " | ".join(HEADER) + " |",
-        "|" + "|".join("---" for _ in HEADER) + "|",
-    ]
+    lines = [f"| {HEADER} |", "|" + "---|" * len(HEADER.split(" | "))]
     for row in rows:
         lines.append("| " + " | ".join(cell.replace("|", "/") for cell in row.cells()) + " |")
     return "\n".join(lines)
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
-def memory_gib() -> float:
-    try:
-        match = re.search(r"MemTotal:\s+(\d+) kB", Path("/proc/meminfo").read_text())
-    except OSError:
-        match = None
-    return int(match.group(1)) / 1024 / 1024 if match else 0.0
-
-
 def machine() -> str:
+    try:
+        cpu = re.search(r"model name\s*: (.*)", Path("/proc/cpuinfo").read_text())
+        memory = re.search(r"MemTotal:\s+(\d+) kB", Path("/proc/meminfo").read_text())
+    except OSError:
+        cpu = memory = None
+    gib = int(memory.group(1)) / 1024 / 1024 if memory else 0.0
     return (
-        f"{platform.platform()}; {cpu_model()}, {os.cpu_count()} cores, "
-        f"{memory_gib():.1f} GiB RAM; Python {platform.python_version()}"
+        f"{platform.platform()}; {cpu.group(1) if cpu else platform.processor() or 'unknown CPU'}, "
+        f"{os.cpu_count()} cores, {gib:.1f} GiB RAM; Python {platform.python_version()}"
     )
 
 
