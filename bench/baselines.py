@@ -2,7 +2,7 @@
 
 - The database's own limit: one INSERT ... SELECT SUM ... GROUP BY ... ON CONFLICT over all orders.
 - The seed service's approach: a TaskGroup with one AsyncSession per order (SUM, then upsert).
-(Every measurement ends with worker.harness.checks.check_totals.)
+Each is timed, then checked with worker.harness.checks.check_totals.
 """
 
 from __future__ import annotations
@@ -10,48 +10,34 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Sequence
 from decimal import Decimal
 
 from sqlalchemy import func, select, text
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from bench.measure import Bench, Outcome
+from bench.stack import truncate_totals
 from db.engine import create_engine, create_sessionmaker
 from db.models import Item, Order, OrderItem, OrderTotal
+from db.totals import INSERT_ORDER_TOTALS, ON_CONFLICT_UPDATE_TOTAL, SELECT_ORDER_TOTALS
+from worker.harness.checks import check_totals
 
+# The product's computation over all orders in one statement: what PostgreSQL alone does.
 SQL_LIMIT = text(
-    """
-    INSERT INTO order_totals (order_id, total, computed_at)
-    SELECT o.id, COALESCE(SUM(i.price * oi.quantity), 0), now()
-    FROM orders o
-    LEFT JOIN order_items oi ON oi.order_id = o.id
-    LEFT JOIN item i ON i.id = oi.item_id
-    GROUP BY o.id
-    ON CONFLICT (order_id) DO UPDATE
-        SET total = EXCLUDED.total, computed_at = EXCLUDED.computed_at
-    """
+    f"{INSERT_ORDER_TOTALS} {SELECT_ORDER_TOTALS} GROUP BY o.id {ON_CONFLICT_UPDATE_TOTAL}"
 )
 
 
-async def truncate_totals(engine: AsyncEngine) -> None:
-    async with engine.begin() as connection:
-        await connection.execute(text("TRUNCATE order_totals"))
-
-
-async def order_id_range(engine: AsyncEngine) -> tuple[int, int]:
-    async with engine.connect() as connection:
-        row = (await connection.execute(text("SELECT min(id), max(id) FROM orders"))).one()
-    return int(row[0]), int(row[1])
-
-
-async def sql_limit(engine: AsyncEngine) -> float:
-    """Seconds for the database alone to compute and upsert every order's total."""
-    await truncate_totals(engine)
-    async with engine.begin() as connection:
+async def sql_limit(bench: Bench) -> Outcome:
+    """The database alone computing and upserting every order's total, timed and checked."""
+    await truncate_totals(bench.engine)
+    async with bench.engine.begin() as connection:
         started = time.perf_counter()
         await connection.execute(SQL_LIMIT)
-    return time.perf_counter() - started
+    seconds = time.perf_counter() - started
+    check = await check_totals(bench.engine, bench.first_id, bench.last_id)
+    return Outcome(bench.orders, seconds, verification=check)
 
 
 # ---------------------------------------------------------------- the seed service's approach
@@ -80,13 +66,15 @@ async def _seed_order_total(sessions: async_sessionmaker[AsyncSession], order_id
         await session.commit()
 
 
-async def seed_approach(database_url: str, order_ids: Sequence[int]) -> float:
-    """Seconds for a TaskGroup of one task (and one session) per order, over a pool of 5.
+async def seed_approach(bench: Bench, orders: int) -> Outcome:
+    """A TaskGroup of one task (and one session) per order over a pool of 5, timed and checked.
 
     The seed's variant without a pool opens one connection per task and fails with "too many
     connections" long before 2,000 orders; it is not run.
     """
-    engine = create_engine(database_url, pool_size=SEED_POOL_SIZE, pool_timeout_s=300)
+    await truncate_totals(bench.engine)
+    order_ids = range(bench.first_id, bench.first_id + orders)
+    engine = create_engine(bench.database_url, pool_size=SEED_POOL_SIZE, pool_timeout_s=300)
     try:
         sessions = create_sessionmaker(engine)
         async with contextlib.AsyncExitStack() as warm:  # open the pool outside the timing
@@ -96,6 +84,8 @@ async def seed_approach(database_url: str, order_ids: Sequence[int]) -> float:
         async with asyncio.TaskGroup() as group:
             for order_id in order_ids:
                 group.create_task(_seed_order_total(sessions, order_id))
-        return time.perf_counter() - started
+        seconds = time.perf_counter() - started
     finally:
         await engine.dispose()
+    check = await check_totals(bench.engine, order_ids[0], order_ids[-1])
+    return Outcome(orders, seconds, verification=check)

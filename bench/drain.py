@@ -4,30 +4,33 @@ until the last result exists (start-up included, nothing subtracted)."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
-from bench.baselines import truncate_totals
-from bench.measure import READY_TIMEOUT_S, RUN_TIMEOUT_S, Bench, Outcome, redis_commands
+from bench.measure import READY_TIMEOUT_S, RUN_TIMEOUT_S, Bench, Outcome
 from bench.noop_worker import NOOP_FUNCTION
 from bench.processes import Child
-from bench.stack import clear_queue_keys
+from bench.stack import clear_queue_keys, truncate_totals
 from jobs.client import JobRequest, OrderClient
 from jobs.connection import redis_settings_from_url
 from worker.harness.checks import check_totals
+from worker.harness.polling import poll_until
 from worker.health import live_replicas
 
 RESULT_POLL_S = 0.05
-WorkerArgs = Callable[[str], list[str]]  # queue name -> `python -m` arguments
 
 
-def noop_worker_args(bench: Bench, queue: str, extra: list[str]) -> list[str]:
-    """`python -m` arguments of the bare arq worker on `queue`."""
-    return ["bench.noop_worker", "--redis-url", bench.redis_url, "--queue", queue, *extra]
+def noop_worker_args(*extra: str) -> list[str]:
+    """`python -m` arguments of the bare arq worker (on the queue its environment names)."""
+    return ["bench.noop_worker", *extra]
+
+
+async def redis_commands(redis: Redis) -> int:
+    stats = await redis.info("stats")
+    return int(stats["total_commands_processed"])
 
 
 async def enqueue_single_jobs(bench: Bench, queue: str, function: str, jobs: int) -> list[str]:
@@ -44,68 +47,52 @@ async def enqueue_single_jobs(bench: Bench, queue: str, function: str, jobs: int
     return [request.job_id for request in requests]
 
 
-@dataclass(slots=True)
-class _Progress:
-    first_result: float | None = None
-    last_result: float | None = None
-    polls: int = 0
-
-
 async def single_jobs(
     bench: Bench,
     label: str,
     jobs: int,
     function: str,
-    worker_args: WorkerArgs,
-    **extra_env: str,
+    worker_args: list[str],
 ) -> Outcome:
     queue = bench.queue(label)
     await truncate_totals(bench.engine)
     first = bench.first_id
     job_ids = await enqueue_single_jobs(bench, queue, function, jobs)
+    keys = ["arq:result:" + job_id for job_id in job_ids]
     commands_before = await redis_commands(bench.redis)
-    child = Child(worker_args(queue), bench.env(queue, **extra_env), bench.log_dir, label)
+    child = Child(worker_args, bench.env(queue), bench.log_dir, label)
+    polls, first_result = 0, 0.0
+
+    async def all_results() -> bool:
+        nonlocal polls, first_result
+        done = int(await bench.redis.exists(*keys))
+        polls += 1
+        if done and not first_result:
+            first_result = time.perf_counter()
+        child.check_alive()
+        return done == len(keys)
+
     try:
-        progress = await _poll_results(bench.redis, job_ids, child)
+        await poll_until(all_results, f"{label}: {jobs} results", RUN_TIMEOUT_S, RESULT_POLL_S)
+        last_result = time.perf_counter()
         # Our own polls (one EXISTS each) and this INFO are not the worker's.
-        commands = await redis_commands(bench.redis) - commands_before - progress.polls - 1
+        commands = await redis_commands(bench.redis) - commands_before - polls - 1
     finally:
         stopped = await child.stop()
     verification = None
     if function != NOOP_FUNCTION:
         verification = await check_totals(bench.engine, first, first + jobs - 1)
     await clear_queue_keys(bench.redis, queue, job_ids)
-    assert progress.first_result is not None and progress.last_result is not None
     return Outcome(
         count=jobs,
-        seconds=progress.last_result - child.started,
+        seconds=last_result - child.started,
         verification=verification,
         worker_rss_mib=[stopped.peak_rss_mib],
         worker_cpu_s=[stopped.cpu_seconds],
-        steady_seconds=progress.last_result - progress.first_result,
+        steady_seconds=last_result - first_result,
         redis_commands=commands,
-        note=f"first result after {progress.first_result - child.started:.2f}s (startup)",
+        note=f"first result after {first_result - child.started:.2f}s (startup)",
     )
-
-
-async def _poll_results(redis: Redis, job_ids: list[str], child: Child) -> _Progress:
-    keys = ["arq:result:" + job_id for job_id in job_ids]
-    progress = _Progress()
-    deadline = time.monotonic() + RUN_TIMEOUT_S
-    while True:
-        done = int(await redis.exists(*keys))
-        progress.polls += 1
-        now = time.perf_counter()
-        if done and progress.first_result is None:
-            progress.first_result = now
-        if done == len(keys):
-            progress.last_result = now
-            return progress
-        if child.poll() is not None:
-            raise RuntimeError(f"{child.label} exited early:\n{child.log_tail()}")
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"{child.label}: {done}/{len(keys)} results after {RUN_TIMEOUT_S}s")
-        await asyncio.sleep(RESULT_POLL_S)
 
 
 # ---------------------------------------------------------------- start-up alone
@@ -132,17 +119,18 @@ async def arq_ready(redis: Redis, queue: str) -> bool:
 async def idle_start(
     bench: Bench,
     label: str,
-    worker_args: WorkerArgs,
+    worker_args: list[str],
     ready: Callable[[Redis, str], Awaitable[bool]],
 ) -> Startup:
     queue = bench.queue(label)
-    child = Child(worker_args(queue), bench.env(queue), bench.log_dir, label)
+    child = Child(worker_args, bench.env(queue), bench.log_dir, label)
+
+    async def ready_now() -> bool:
+        child.check_alive()
+        return await ready(bench.redis, queue)
+
     try:
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while not await ready(bench.redis, queue):
-            if child.poll() is not None or time.monotonic() >= deadline:
-                raise RuntimeError(f"{label} never became ready:\n{child.log_tail()}")
-            await asyncio.sleep(RESULT_POLL_S)
+        await poll_until(ready_now, f"{label} ready", READY_TIMEOUT_S, RESULT_POLL_S)
         seconds = time.perf_counter() - child.started
     finally:
         stopped = await child.stop()

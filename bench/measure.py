@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -19,17 +18,28 @@ from typing import Any
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from bench.baselines import order_id_range, truncate_totals
 from bench.processes import Child, Finished
-from bench.stack import BenchServers, clear_queue_keys, fresh_database, load_orders
+from bench.stack import (
+    BenchServers,
+    clear_queue_keys,
+    fresh_database,
+    load_orders,
+    order_id_range,
+    truncate_totals,
+)
 from db.engine import create_engine
 from worker.harness.checks import TotalsCheck, check_totals
+from worker.harness.polling import poll_until
 from worker.harness.replicas import replica_env
 from worker.health import live_replicas
 
 READY_TIMEOUT_S = 60.0
 RUN_TIMEOUT_S = 900.0
-PRODUCT = ("worker",)  # `python -m worker ...` is `orderworker ...`
+
+
+def product_args(*args: str) -> list[str]:
+    """`python -m` arguments of `orderworker *args`."""
+    return ["worker", *args]
 
 
 @dataclass(slots=True)
@@ -75,27 +85,32 @@ class Bench:
     def queue(self, label: str) -> str:
         return f"bench:{self.run_id}:{label}"
 
-    def env(self, queue: str, **extra: str) -> dict[str, str]:
-        return replica_env(self.database_url, self.redis_url, queue, extra=extra)
+    def env(self, queue: str) -> dict[str, str]:
+        return replica_env(self.database_url, self.redis_url, queue)
 
-    def cli(self, label: str, queue: str, *args: str, env: dict[str, str] | None = None) -> Child:
-        return Child(["worker", *args], env or self.env(queue), self.log_dir, label)
+    async def cli(self, label: str, queue: str, *args: str) -> tuple[Finished, dict[str, Any]]:
+        """`orderworker *args --json` run to its end, and the JSON summary it printed."""
+        child = Child(product_args(*args, "--json"), self.env(queue), self.log_dir, label)
+        finished = await child.finished(RUN_TIMEOUT_S)
+        try:
+            return finished, json.loads(finished.stdout)
+        except json.JSONDecodeError:
+            raise RuntimeError(f"{label}: no JSON on stdout (exit {finished.returncode})") from None
 
-    async def start_replicas(self, label: str, queue: str, count: int, **extra: str) -> list[Child]:
+    async def start_replicas(self, label: str, queue: str, count: int) -> list[Child]:
         """`python -m worker worker` x count, once every one of them reports a heartbeat."""
-        env = self.env(queue, **extra)
+        env = self.env(queue)
         replicas = [
-            Child([*PRODUCT, "worker"], env, self.log_dir, f"{label}-w{n}")
+            Child(product_args("worker"), env, self.log_dir, f"{label}-w{n}")
             for n in range(1, count + 1)
         ]
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while len(await live_replicas(self.redis, queue)) < count:
+
+        async def all_live() -> bool:
             for replica in replicas:
-                if replica.poll() is not None:
-                    raise RuntimeError(f"{replica.label} exited:\n{replica.log_tail()}")
-            if time.monotonic() >= deadline:
-                raise TimeoutError(f"{count} replicas not ready within {READY_TIMEOUT_S:g}s")
-            await asyncio.sleep(0.05)
+                replica.check_alive()
+            return len(await live_replicas(self.redis, queue)) >= count
+
+        await poll_until(all_live, f"{count} live replicas", READY_TIMEOUT_S)
         return replicas
 
 
@@ -107,8 +122,8 @@ async def open_bench(servers: BenchServers, orders: int, log_dir: Path) -> Async
     redis = Redis.from_url(servers.redis_url)
     try:
         say(f"loading {orders:,} orders (set-based SQL) ...")
-        loaded = await load_orders(engine, orders)
-        say(f"  {loaded.orders:,} orders in {loaded.seconds:.1f}s (with VACUUM ANALYZE)")
+        loaded, seconds = await load_orders(engine, orders)
+        say(f"  {loaded:,} orders in {seconds:.1f}s (with VACUUM ANALYZE)")
         first_id, last_id = await order_id_range(engine)
         yield Bench(database_url, servers.redis_url, engine, redis, log_dir, first_id, last_id)
     finally:
@@ -120,39 +135,16 @@ def say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-async def stop_all(children: list[Child]) -> list[Finished]:
-    return list(await asyncio.gather(*(child.stop() for child in children)))
-
-
-def cli_summary(finished: Finished, label: str) -> dict[str, Any]:
-    try:
-        summary: dict[str, Any] = json.loads(finished.stdout)
-    except json.JSONDecodeError:
-        raise RuntimeError(f"{label}: no JSON on stdout (exit {finished.returncode})") from None
-    return summary
-
-
-async def batch_totals(
-    bench: Bench,
-    replicas: int,
-    label: str = "",
-    **extra: str,
-) -> Outcome:
-    """`orderworker totals --all --json` against `replicas` running workers; timed as the CLI.
-
-    `extra` are environment settings for the workers and the CLI (e.g. chunk sizes)."""
-    label = label or f"batch-{replicas}r"
+async def batch_totals(bench: Bench, replicas: int) -> Outcome:
+    """`orderworker totals --all --json` against `replicas` running workers; timed as the CLI."""
+    label = f"batch-{replicas}r"
     queue = bench.queue(label)
     await truncate_totals(bench.engine)
-    workers = await bench.start_replicas(label, queue, replicas, **extra)
+    workers = await bench.start_replicas(label, queue, replicas)
     try:
-        cli = bench.cli(
-            f"{label}-cli", queue, "totals", "--all", "--json", env=bench.env(queue, **extra)
-        )
-        finished = await cli.finished(RUN_TIMEOUT_S)
+        finished, summary = await bench.cli(f"{label}-cli", queue, "totals", "--all")
     finally:
-        stopped = await stop_all(workers)
-    summary = cli_summary(finished, label)
+        stopped = await asyncio.gather(*(worker.stop() for worker in workers))
     expected = bench.orders
     if finished.returncode != 0 or summary["failed"] or summary["computed"] != expected:
         raise RuntimeError(f"{label}: exit {finished.returncode}, summary {str(summary)[:500]}")
@@ -173,17 +165,10 @@ async def batch_totals(
     )
 
 
-async def redis_commands(redis: Redis) -> int:
-    stats = await redis.info("stats")
-    return int(stats["total_commands_processed"])
-
-
 async def cli_submit(bench: Bench) -> Outcome:
     """`totals --all --no-wait --json` with no worker: keyset paging plus pipelined enqueue."""
     queue = bench.queue("submit")
-    cli = bench.cli("submit-cli", queue, "totals", "--all", "--no-wait", "--json")
-    finished = await cli.finished(RUN_TIMEOUT_S)
-    summary = cli_summary(finished, "submit")
+    finished, summary = await bench.cli("submit-cli", queue, "totals", "--all", "--no-wait")
     queued = int(await bench.redis.zcard(queue))
     await _clear_batch(bench.redis, queue, summary["batch_id"])
     if finished.returncode != 0 or summary["requested"] != bench.orders or not queued:

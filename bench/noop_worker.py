@@ -1,6 +1,6 @@
 """A bare arq worker with one no-op job: the framework's own ceiling, with nothing of ours in it.
 
-`python -m bench.noop_worker --redis-url URL --queue NAME [--poll-delay S] [--max-jobs N]`
+`python -m bench.noop_worker [--redis-url URL] [--queue NAME] [--poll-delay S] [--max-jobs N]`
 Same JSON envelopes as the product (so the same producer enqueues for both), on uvloop like the
 product's worker, and no log handler: arq's per-job INFO lines go nowhere, as in a quiet deployment.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 from typing import Any
 
 import uvloop
@@ -36,8 +37,10 @@ def from_json(data: bytes) -> Any:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.noop_worker", description=__doc__)
-    parser.add_argument("--redis-url", required=True)
-    parser.add_argument("--queue", required=True)
+    env, redis_url, queue = os.environ, "ORDERWORKER_REDIS_URL", "ORDERWORKER_QUEUE_NAME"
+    # By default, the server and queue a product worker takes from the same environment.
+    parser.add_argument("--redis-url", default=env.get(redis_url), required=redis_url not in env)
+    parser.add_argument("--queue", default=env.get(queue), required=queue not in env)
     parser.add_argument("--poll-delay", type=float, default=ARQ_DEFAULT_POLL_DELAY_S)
     parser.add_argument("--max-jobs", type=int, default=ARQ_DEFAULT_MAX_JOBS)
     parser.add_argument("--queue-read-limit", type=int, default=None)

@@ -9,7 +9,6 @@ time does come from wait4(): user + system of that child alone.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import subprocess
@@ -20,7 +19,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-REAP_POLL_S = 0.02
+from worker.harness.polling import poll_until
+
 RSS_POLL_S = 0.01
 MIB = 1024 * 1024
 # This machine sets PYTHONDONTWRITEBYTECODE=1 and the venv holds no .pyc files, so every process
@@ -34,13 +34,9 @@ WARM_IMPORTS = "import worker.cli, worker.replica, bench.noop_worker"
 class Finished:
     returncode: int
     seconds: float  # from spawn to exit
-    peak_rss_bytes: int
+    peak_rss_mib: float
     cpu_seconds: float  # user + system
     stdout: str
-
-    @property
-    def peak_rss_mib(self) -> float:
-        return self.peak_rss_bytes / MIB
 
 
 def with_bytecode_cache(env: Mapping[str, str]) -> dict[str, str]:
@@ -67,34 +63,23 @@ def warm_bytecode_cache() -> float:
     return time.perf_counter() - started
 
 
-def high_water_rss(pid: int) -> int | None:
-    """VmHWM of a live process in bytes; None once it has exited (or become a zombie)."""
-    try:
-        with open(f"/proc/{pid}/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except (FileNotFoundError, ProcessLookupError):
-        pass
-    return None
-
-
 class RssWatch:
     """Samples a process's VmHWM from a thread until told to stop or the process is gone."""
 
     def __init__(self, pid: int) -> None:
-        self.pid = pid
         self.peak = 0
         self._done = threading.Event()
-        self._thread = threading.Thread(target=self._watch, name=f"rss-{pid}", daemon=True)
+        self._thread = threading.Thread(target=self._watch, args=(pid,), daemon=True)
         self._thread.start()
 
-    def _watch(self) -> None:
+    def _watch(self, pid: int) -> None:
         while not self._done.is_set():
-            found = high_water_rss(self.pid)
-            if found is None:
+            try:  # gone once it has exited (or become a zombie)
+                with open(f"/proc/{pid}/status") as status:
+                    kib = next(line.split()[1] for line in status if line.startswith("VmHWM:"))
+            except (OSError, StopIteration):
                 return
-            self.peak = max(self.peak, found)
+            self.peak = max(self.peak, int(kib) * 1024)
             self._done.wait(RSS_POLL_S)
 
     def stop(self) -> int:
@@ -121,14 +106,12 @@ class Child:
         env: Mapping[str, str],
         log_dir: Path,
         label: str,
-        *,
-        python_module: bool = True,
     ) -> None:
         log_dir.mkdir(parents=True, exist_ok=True)
         self.label = label
         self.stdout_path = log_dir / f"{label}.out"
         self.stderr_path = log_dir / f"{label}.log"
-        command = [sys.executable, "-m", *args] if python_module else list(args)
+        command = [sys.executable, "-m", *args]
         self.started = time.perf_counter()
         with self.stdout_path.open("wb") as out, self.stderr_path.open("wb") as err:
             self.process = subprocess.Popen(
@@ -138,15 +121,11 @@ class Child:
         self.result: Finished | None = None
         LIVE.add(self)
 
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
     def poll(self) -> Finished | None:
         """Reap the child if it has exited (without blocking)."""
         if self.result is not None:
             return self.result
-        pid, status, usage = os.wait4(self.pid, os.WNOHANG)
+        pid, status, usage = os.wait4(self.process.pid, os.WNOHANG)
         if pid == 0:
             return None
         peak_rss = self.rss.stop()
@@ -156,20 +135,24 @@ class Child:
         self.result = Finished(
             returncode=self.process.returncode,
             seconds=time.perf_counter() - self.started,
-            peak_rss_bytes=peak_rss,
+            peak_rss_mib=peak_rss / MIB,
             cpu_seconds=usage.ru_utime + usage.ru_stime,
             stdout=self.stdout_path.read_text(),
         )
         return self.result
 
     async def finished(self, timeout_s: float) -> Finished:
-        deadline = time.monotonic() + timeout_s
-        while (result := self.poll()) is None:
-            if time.monotonic() >= deadline:
-                self.kill()
-                raise TimeoutError(f"{self.label} did not exit within {timeout_s:g}s")
-            await asyncio.sleep(REAP_POLL_S)
-        return result
+        try:
+            await poll_until(lambda: self.poll() is not None, f"{self.label} exit", timeout_s)
+        finally:
+            self.kill()  # on a timeout (a no-op once it has exited)
+        assert self.result is not None
+        return self.result
+
+    def check_alive(self) -> None:
+        """Raise, with the tail of its log, once it has exited."""
+        if self.poll() is not None:
+            raise RuntimeError(f"{self.label} exited early:\n{self.log_tail()}")
 
     async def stop(self, timeout_s: float = 60.0) -> Finished:
         """SIGTERM (a worker drains in-flight jobs first), then reap."""
@@ -180,7 +163,7 @@ class Child:
     def kill(self) -> None:
         if self.poll() is None:
             self.process.kill()
-            os.waitpid(self.pid, 0)
+            os.waitpid(self.process.pid, 0)
             self.rss.stop()
             self.process.returncode = -signal.SIGKILL
             LIVE.discard(self)

@@ -14,8 +14,6 @@ README = Path(__file__).with_name("README.md")
 RESULTS_DIR = Path(__file__).with_name("results")  # git-ignored: logs and raw outputs
 RESULTS_START = "<!-- results -->"
 RESULTS_END = "<!-- /results -->"
-PROFILE_START = "<!-- profile -->"
-PROFILE_END = "<!-- /profile -->"
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,50 +38,26 @@ class Row:
         return [self.name, self.count, seconds, value, ratio, self.target, verdict, self.note]
 
 
-HEADER = [
-    "measurement",
-    "orders / jobs",
-    "seconds",
-    "rate /s",
-    "ratio",
-    "target",
-    "result",
-    "notes",
-]
+HEADER = "measurement | orders / jobs | seconds | rate /s | ratio | target | result | notes"
 
 
 def markdown_table(rows: list[Row]) -> str:
-    lines = [
-        "| " + " | ".join(HEADER) + " |",
-        "|" + "|".join("---" for _ in HEADER) + "|",
-    ]
+    lines = [f"| {HEADER} |", "|" + "---|" * len(HEADER.split(" | "))]
     for row in rows:
         lines.append("| " + " | ".join(cell.replace("|", "/") for cell in row.cells()) + " |")
     return "\n".join(lines)
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
-def memory_gib() -> float:
-    try:
-        match = re.search(r"MemTotal:\s+(\d+) kB", Path("/proc/meminfo").read_text())
-    except OSError:
-        match = None
-    return int(match.group(1)) / 1024 / 1024 if match else 0.0
-
-
 def machine() -> str:
+    try:
+        cpu = re.search(r"model name\s*: (.*)", Path("/proc/cpuinfo").read_text())
+        memory = re.search(r"MemTotal:\s+(\d+) kB", Path("/proc/meminfo").read_text())
+    except OSError:
+        cpu = memory = None
+    gib = int(memory.group(1)) / 1024 / 1024 if memory else 0.0
     return (
-        f"{platform.platform()}; {cpu_model()}, {os.cpu_count()} cores, "
-        f"{memory_gib():.1f} GiB RAM; Python {platform.python_version()}"
+        f"{platform.platform()}; {cpu.group(1) if cpu else platform.processor() or 'unknown CPU'}, "
+        f"{os.cpu_count()} cores, {gib:.1f} GiB RAM; Python {platform.python_version()}"
     )
 
 
@@ -108,18 +82,10 @@ def results_section(
     )
 
 
-def replace_between(text: str, start: str, end: str, body: str) -> str:
-    head, found_start, rest = text.partition(start)
-    _, found_end, tail = rest.partition(end)
+def write_readme(results: str) -> None:
+    """`results` between the README's results markers."""
+    head, found_start, rest = README.read_text().partition(RESULTS_START)
+    _, found_end, tail = rest.partition(RESULTS_END)
     if not found_start or not found_end:
-        raise ValueError(f"{README} lacks the markers {start} ... {end}")
-    return f"{head}{start}\n{body}\n{end}{tail}"
-
-
-def write_readme(results: str | None = None, profile: str | None = None) -> None:
-    text = README.read_text()
-    if results is not None:
-        text = replace_between(text, RESULTS_START, RESULTS_END, results)
-    if profile is not None:
-        text = replace_between(text, PROFILE_START, PROFILE_END, profile)
-    README.write_text(text)
+        raise ValueError(f"{README} lacks the markers {RESULTS_START} ... {RESULTS_END}")
+    README.write_text(f"{head}{RESULTS_START}\n{results}\n{RESULTS_END}{tail}")

@@ -10,28 +10,25 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import functools
 import shutil
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Awaitable
 from datetime import UTC, datetime
 from pathlib import Path
 
 import uvloop
 
 from bench import drain, measure
-from bench.baselines import seed_approach, sql_limit, truncate_totals
-from bench.layers import layers_markdown
-from bench.measure import Bench, Outcome, open_bench, say
-from bench.noop_worker import ARQ_DEFAULT_MAX_JOBS, ARQ_DEFAULT_POLL_DELAY_S, NOOP_FUNCTION
+from bench.baselines import seed_approach, sql_limit
+from bench.measure import Bench, Outcome, open_bench, product_args, say
+from bench.noop_worker import NOOP_FUNCTION
 from bench.processes import exit_on_sigterm, kill_all, warm_bytecode_cache
 from bench.report import RESULTS_DIR, markdown_table, results_section, write_readme
 from bench.rows import Results, build_rows
 from bench.soak import run_soak
 from bench.stack import BenchServers, bench_servers, server_versions
-from worker.harness.checks import check_totals
 from worker.settings import Settings, load_settings
 
 
@@ -46,9 +43,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--quick", action="store_true", help="100,000 orders (or --orders), 1,000 jobs; no README"
     )
     parser.add_argument("--no-readme", action="store_true", help="do not write bench/README.md")
-    parser.add_argument(
-        "--profile", action="store_true", help="also time the single-order job's layers"
-    )
     parser.add_argument("--soak", action="store_true", help="the soak, with replicas killed")
     parser.add_argument("--kills", type=int, default=3, help="with --soak: replicas killed")
     args = parser.parse_args(argv)
@@ -81,103 +75,67 @@ def tuning_of(settings: Settings) -> str:
     )
 
 
-async def measure_all(
-    bench: Bench, args: argparse.Namespace, settings: Settings, results: Results
-) -> None:
-    # arq tuning of the product's worker, for the bare arq worker it is compared with.
-    tuned = ["--poll-delay", str(settings.worker.poll_delay_s)]
-    tuned += ["--max-jobs", str(settings.worker.concurrency)]
-    bare_args = functools.partial(drain.noop_worker_args, bench, extra=tuned)
-    await measure_batches(bench, results)
-    say("- CLI submit rate (no worker) ...")
-    results.submit = await measure.cli_submit(bench)
-    say(f"  {results.submit.rate:,.0f} orders/s")
-    await measure_single_jobs(bench, args.jobs, tuned, results)
-    for name, make_args, ready in (
-        ("orderworker", product_args, drain.product_ready),
-        ("bare arq", bare_args, drain.arq_ready),
-    ):
-        say(f"- {name} worker: start until ready, empty queue ...")
-        start = await drain.idle_start(bench, f"start-{name.replace(' ', '-')}", make_args, ready)
-        results.startup[name] = start
-        say(f"  ready after {start.seconds_to_ready:.2f}s, {start.cpu_s:.2f}s CPU")
-    say(f"- seed approach over {args.seed_orders:,} orders ...")
-    await truncate_totals(bench.engine)
-    order_ids = range(bench.first_id, bench.first_id + args.seed_orders)
-    seconds = await seed_approach(bench.database_url, order_ids)
-    check = await check_totals(bench.engine, order_ids[0], order_ids[-1])
-    results.seed = Outcome(args.seed_orders, seconds, verification=check)
-    say(f"  {results.seed.rate:,.0f} orders/s, {check.describe()}")
-    if args.profile:
-        say("- profile: the single-order job's layers, in-process ...")
-        results.profile = await layers_markdown(bench)
-        say(results.profile)
-
-
-def product_args(queue: str) -> list[str]:
-    return ["worker", "worker"]  # `python -m worker worker` is `orderworker worker`
-
-
-async def measure_batches(bench: Bench, results: Results) -> None:
+async def measure_all(bench: Bench, args: argparse.Namespace, results: Results) -> None:
     for replicas in (1, 2):
         # The SQL limit again right before each batch: on a noisy machine a ratio is only as good
         # as the closeness in time of its two figures.
-        say("- SQL limit ...")
-        seconds = await sql_limit(bench.engine)
-        check = await check_totals(bench.engine, bench.first_id, bench.last_id)
-        results.sql_limits[replicas] = Outcome(bench.orders, seconds, verification=check)
-        say(f"  {bench.orders / seconds:,.0f} orders/s, {check.describe()}")
-        say(f"- totals --all, {replicas} replica(s) ...")
-        outcome = await measure.batch_totals(bench, replicas)
-        results.batch[replicas] = outcome
-        assert outcome.verification is not None
-        say(f"  {outcome.rate:,.0f} orders/s, {outcome.verification.describe()}")
-
-
-async def measure_single_jobs(bench: Bench, jobs: int, tuned: list[str], results: Results) -> None:
-    say(f"- {jobs:,} compute_order_total jobs, one replica ...")
-    results.jobs = await drain.single_jobs(bench, "jobs", jobs, "compute_order_total", product_args)
-    assert results.jobs.verification is not None
-    say(f"  {results.jobs.rate:,.0f} jobs/s, {results.jobs.verification.describe()}")
+        results.sql_limits[replicas] = await measured("SQL limit", sql_limit(bench))
+        batch = measure.batch_totals(bench, replicas)
+        results.batch[replicas] = await measured(f"totals --all, {replicas} replica(s)", batch)
+    results.submit = await measured("CLI submit rate (no worker)", measure.cli_submit(bench))
+    jobs = args.jobs
+    product = product_args("worker")
+    single = drain.single_jobs(bench, "jobs", jobs, "compute_order_total", product)
+    results.jobs = await measured(f"{jobs:,} compute_order_total jobs, one replica", single)
+    # arq tuning of the product's worker, for the bare arq worker it is compared with.
+    worker = load_settings().worker
+    tuned = ["--poll-delay", str(worker.poll_delay_s), "--max-jobs", str(worker.concurrency)]
     for key, extra in (("same", tuned), ("defaults", [])):
-        say(f"- bare arq no-op worker ({key} settings), {jobs:,} jobs ...")
-        args = functools.partial(drain.noop_worker_args, bench, extra=extra)
-        outcome = await drain.single_jobs(bench, f"noop-{key}", jobs, NOOP_FUNCTION, args)
-        results.noop[key] = outcome
-        say(f"  {outcome.rate:,.0f} jobs/s")
+        noop = drain.noop_worker_args(*extra)
+        drained = drain.single_jobs(bench, f"noop-{key}", jobs, NOOP_FUNCTION, noop)
+        results.noop[key] = await measured(f"bare arq no-op worker ({key} settings)", drained)
+    for name, worker_args, ready in (
+        ("orderworker", product, drain.product_ready),
+        ("bare arq", drain.noop_worker_args(*tuned), drain.arq_ready),
+    ):
+        say(f"- {name} worker: start until ready, empty queue ...")
+        start = await drain.idle_start(bench, f"start-{name.replace(' ', '-')}", worker_args, ready)
+        results.startup[name] = start
+        say(f"  ready after {start.seconds_to_ready:.2f}s, {start.cpu_s:.2f}s CPU")
+    seed = seed_approach(bench, args.seed_orders)
+    results.seed = await measured(f"seed approach over {args.seed_orders:,} orders", seed)
 
 
-@dataclass(frozen=True, slots=True)
-class Measured:
-    results: Results
-    orders: int
-    versions: tuple[str, str]
+async def measured(what: str, measurement: Awaitable[Outcome]) -> Outcome:
+    say(f"- {what} ...")
+    outcome = await measurement
+    check = "" if outcome.verification is None else f", {outcome.verification.describe()}"
+    say(f"  {outcome.rate:,.0f}/s{check}")
+    return outcome
 
 
-async def measure_run(args: argparse.Namespace, servers: BenchServers, log_dir: Path) -> Measured:
-    settings = load_settings()
+async def measure_run(args: argparse.Namespace, servers: BenchServers, log_dir: Path) -> Results:
     async with open_bench(servers, args.orders, log_dir) as bench:
         versions = await server_versions(bench.engine, servers.redis_url)
-        results = Results(arq_defaults=(ARQ_DEFAULT_POLL_DELAY_S, ARQ_DEFAULT_MAX_JOBS))
-        await measure_all(bench, args, settings, results)
-    return Measured(results, bench.orders, versions)
+        results = Results(orders=bench.orders, versions=versions)
+        await measure_all(bench, args, results)
+    return results
 
 
-def report(measured: Measured, args: argparse.Namespace, private: bool, log_dir: Path) -> int:
+def report(results: Results, args: argparse.Namespace, private: bool, log_dir: Path) -> int:
     settings = load_settings()
-    results = measured.results
     rows = build_rows(results, settings)
     print(markdown_table(rows))
     section = results_section(
         rows,
-        orders=measured.orders,
+        orders=results.orders,
         servers="a private local stack" if private else "the configured servers",
-        versions=measured.versions,
+        versions=results.versions,
         tuning=tuning_of(settings),
     )
     (log_dir / "results.md").write_text(section + "\n")
     if not args.no_readme:
-        write_readme(section, results.profile)
+        write_readme(section)
         say("bench/README.md updated")
     failed = [row.name for row in rows if row.passed is False]
     say("all targets met" if not failed else "targets missed: " + "; ".join(failed))
@@ -198,10 +156,10 @@ def run(argv: list[str] | None = None) -> int:
             bench_servers() as servers,
             asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner,
         ):
-            measured = runner.run(measure_run(args, servers, log_dir))
+            results = runner.run(measure_run(args, servers, log_dir))
     finally:
         kill_all()
-    code = report(measured, args, servers.private, log_dir)
+    code = report(results, args, servers.private, log_dir)
     say(f"finished in {time.monotonic() - started:.0f}s; logs and raw output in {log_dir}")
     return code
 

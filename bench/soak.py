@@ -26,6 +26,7 @@ from jobs.functions import ARQ_TIMEOUT_MARGIN_S
 from worker import health
 from worker.harness.checks import TotalsCheck, check_totals
 from worker.harness.databases import create_database
+from worker.harness.polling import poll_until
 from worker.harness.replicas import Replica, replica_env, stop_all
 from worker.harness.servers import LocalStack
 
@@ -56,15 +57,15 @@ class Kill:
 
 async def wait_ready(client: OrderClient, replica: Replica) -> float:
     """Seconds from launch until the replica's first heartbeat."""
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if replica.process.poll() is not None:
+
+    async def beating() -> bool:
+        if not replica.alive():
             raise RuntimeError(f"replica exited at start; see {replica.log_path}")
         beats = await health.live_replicas(client.redis, QUEUE)
-        if any(beat["pid"] == replica.pid for beat in beats):
-            return time.monotonic() - replica.started_at
-        await asyncio.sleep(0.1)
-    raise TimeoutError(f"replica not ready after {READY_TIMEOUT_S:g}s")
+        return any(beat["pid"] == replica.pid for beat in beats)
+
+    await poll_until(beating, "a replica's first heartbeat", READY_TIMEOUT_S, 0.1)
+    return time.monotonic() - replica.started_at
 
 
 async def busy(client: OrderClient, replica: Replica) -> bool:

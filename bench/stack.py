@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from db.engine import create_sessionmaker
 from db.migrate import upgrade_to_head
@@ -54,19 +54,14 @@ async def fresh_database(servers: BenchServers) -> str:
     return await create_database(servers.database_url, BENCH_DATABASE, replace=True)
 
 
-@dataclass(frozen=True, slots=True)
-class Loaded:
-    orders: int
-    seconds: float
-
-
-async def load_orders(engine: AsyncEngine, generated: int) -> Loaded:
-    """Migrate, load the sample data plus `generated` orders, then VACUUM ANALYZE."""
+async def load_orders(engine: AsyncEngine, generated: int) -> tuple[int, float]:
+    """Migrate, load the sample data plus `generated` orders, then VACUUM ANALYZE; the orders
+    in the database, and the seconds it took."""
     started = time.perf_counter()
     await upgrade_to_head(engine)
     sessions = create_sessionmaker(engine)
     async with sessions.begin() as session:  # as `orderworker db seed --orders N` does
-        if await _is_superuser(session):
+        if await session.scalar(text("SELECT current_setting('is_superuser')")) == "on":
             # The generated rows are consistent by construction; the per-row foreign-key triggers
             # would make loading ~5x slower (about a minute per million orders on 2 cores).
             await session.execute(text("SET LOCAL session_replication_role = replica"))
@@ -77,13 +72,7 @@ async def load_orders(engine: AsyncEngine, generated: int) -> Loaded:
         await autocommit.execute(text("VACUUM ANALYZE"))
     async with sessions() as session:
         orders = await count_orders(session)
-    return Loaded(orders=orders, seconds=time.perf_counter() - started)
-
-
-async def _is_superuser(session: AsyncSession) -> bool:
-    return bool(
-        (await session.execute(text("SELECT current_setting('is_superuser')"))).scalar_one() == "on"
-    )
+    return orders, time.perf_counter() - started
 
 
 async def server_versions(engine: AsyncEngine, redis_url: str) -> tuple[str, str]:
@@ -95,6 +84,17 @@ async def server_versions(engine: AsyncEngine, redis_url: str) -> tuple[str, str
     finally:
         await redis.aclose()
     return f"PostgreSQL {postgres.split()[0]}", f"Redis {info.get('redis_version', '?')}"
+
+
+async def truncate_totals(engine: AsyncEngine) -> None:
+    async with engine.begin() as connection:
+        await connection.execute(text("TRUNCATE order_totals"))
+
+
+async def order_id_range(engine: AsyncEngine) -> tuple[int, int]:
+    async with engine.connect() as connection:
+        row = (await connection.execute(text("SELECT min(id), max(id) FROM orders"))).one()
+    return int(row[0]), int(row[1])
 
 
 async def clear_queue_keys(redis: Redis, queue_name: str, job_ids: list[str]) -> None:

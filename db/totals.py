@@ -14,25 +14,36 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 ZERO = Decimal("0.00")
 
-# LEFT JOINs so an order with no lines totals 0.00 (never NULL). Rows are upserted in id order so
-# two workers writing overlapping chunks take row locks in the same order and cannot deadlock.
+# LEFT JOINs so an order with no lines totals 0.00 (never NULL): the computation every statement
+# here shares, completed by a WHERE and GROUP BY o.id.
+SELECT_ORDER_TOTALS = """
+    SELECT o.id AS order_id, COALESCE(SUM(i.price * oi.quantity), 0) AS total, now() AS computed_at
+    FROM orders o
+    LEFT JOIN order_items oi ON oi.order_id = o.id
+    LEFT JOIN item i ON i.id = oi.item_id
+"""
+INSERT_ORDER_TOTALS = "INSERT INTO order_totals (order_id, total, computed_at)"
+# Recomputing a total overwrites the stored one: every statement here is idempotent.
+ON_CONFLICT_UPDATE_TOTAL = """
+    ON CONFLICT (order_id) DO UPDATE
+        SET total = EXCLUDED.total, computed_at = EXCLUDED.computed_at
+"""
+
+# Rows are upserted in id order so two workers writing overlapping chunks take row locks in the
+# same order and cannot deadlock.
 UPSERT_TOTALS = text(
-    """
+    f"""
     WITH requested AS (
         SELECT DISTINCT unnest(CAST(:order_ids AS bigint[])) AS id
     ), computed AS (
-        SELECT o.id AS order_id, COALESCE(SUM(i.price * oi.quantity), 0) AS total
-        FROM orders o
-        LEFT JOIN order_items oi ON oi.order_id = o.id
-        LEFT JOIN item i ON i.id = oi.item_id
+        {SELECT_ORDER_TOTALS}
         WHERE o.id IN (SELECT id FROM requested)
         GROUP BY o.id
         ORDER BY o.id
     ), upserted AS (
-        INSERT INTO order_totals (order_id, total, computed_at)
-        SELECT order_id, total, now() FROM computed
-        ON CONFLICT (order_id) DO UPDATE
-            SET total = EXCLUDED.total, computed_at = EXCLUDED.computed_at
+        {INSERT_ORDER_TOTALS}
+        SELECT order_id, total, computed_at FROM computed
+        {ON_CONFLICT_UPDATE_TOTAL}
         RETURNING order_id, total
     )
     SELECT
@@ -46,16 +57,12 @@ UPSERT_TOTALS = text(
 
 # One order: the same computation without the list machinery (the per-order job's hot path).
 UPSERT_ONE_TOTAL = text(
-    """
-    INSERT INTO order_totals (order_id, total, computed_at)
-    SELECT o.id, COALESCE(SUM(i.price * oi.quantity), 0), now()
-    FROM orders o
-    LEFT JOIN order_items oi ON oi.order_id = o.id
-    LEFT JOIN item i ON i.id = oi.item_id
+    f"""
+    {INSERT_ORDER_TOTALS}
+    {SELECT_ORDER_TOTALS}
     WHERE o.id = :order_id
     GROUP BY o.id
-    ON CONFLICT (order_id) DO UPDATE
-        SET total = EXCLUDED.total, computed_at = EXCLUDED.computed_at
+    {ON_CONFLICT_UPDATE_TOTAL}
     RETURNING total
     """
 )

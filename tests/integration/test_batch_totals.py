@@ -79,17 +79,28 @@ async def test_two_worker_processes_share_a_batch_and_every_total_is_exact(
     assert len(stored) == len(order_ids)  # one row per order
     assert dict(stored) == expected  # each equals its independently computed Decimal sum
 
+    await assert_heartbeats_share(redis, queue_name, summary.jobs)
+    await assert_clean_stops_share(processes, summary.jobs)
+    assert await live_replicas(redis, queue_name) == []  # both said goodbye
+
+
+async def assert_heartbeats_share(redis: Redis, queue_name: str, jobs: int) -> None:
+    """Both replicas' heartbeats count the `jobs` chunks between them, each some, none failed."""
     beats: list[dict[str, Any]] = []
 
     async def heartbeats_caught_up() -> bool:
         nonlocal beats
         beats = await live_replicas(redis, queue_name)
-        return len(beats) == 2 and sum(int(beat["jobs_done"]) for beat in beats) == summary.jobs
+        return len(beats) == 2 and sum(int(beat["jobs_done"]) for beat in beats) == jobs
 
     await poll_until(heartbeats_caught_up, "both heartbeats counting every chunk")
     assert all(beat["jobs_done"] > 0 for beat in beats), beats
     assert all(beat["jobs_failed"] == beat["jobs_retried"] == 0 for beat in beats), beats
 
+
+async def assert_clean_stops_share(processes: list[subprocess.Popen[str]], jobs: int) -> None:
+    """Each process stops cleanly on SIGTERM, having logged some of the `jobs` chunks, and
+    together exactly all of them."""
     done_per_process = []
     for process in processes:
         stderr = await stop(process)
@@ -101,5 +112,4 @@ async def test_two_worker_processes_share_a_batch_and_every_total_is_exact(
         assert any(event["event"] == "worker.stopped" for event in events)
         done_per_process.append(sum(event["event"] == "job.done" for event in events))
     assert all(count > 0 for count in done_per_process), done_per_process
-    assert sum(done_per_process) == summary.jobs  # every chunk ran exactly once
-    assert await live_replicas(redis, queue_name) == []  # both said goodbye
+    assert sum(done_per_process) == jobs  # every chunk ran exactly once

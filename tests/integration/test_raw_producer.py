@@ -81,14 +81,11 @@ async def succeeded(redis: Redis, job_id: str) -> dict[str, Any]:
     return result
 
 
-async def test_raw_json_jobs_give_exact_totals(
-    seeded: None,
-    start_worker: StartWorker,
-    redis: Redis,
-    queue_name: str,
-    sessionmaker: Sessions,
-) -> None:
-    await start_worker()
+async def place_raw_orders(
+    redis: Redis, queue_name: str, sessionmaker: Sessions
+) -> dict[int, Decimal]:
+    """Three raw `place_order` jobs (a penny, near a billion, a sample basket), each checked;
+    their order ids and expected totals."""
     customer_id = await add_customer(sessionmaker)
     penny = await add_item(sessionmaker, "0.01", name="penny sweet")
     island = await add_item(sessionmaker, "99999999.99", name="island")
@@ -115,6 +112,18 @@ async def test_raw_json_jobs_give_exact_totals(
         assert isinstance(result["order_id"], int)
         assert result["total"] == f"{expected:.2f}"
         placed[result["order_id"]] = expected
+    return placed
+
+
+async def test_raw_json_jobs_give_exact_totals(
+    seeded: None,
+    start_worker: StartWorker,
+    redis: Redis,
+    queue_name: str,
+    sessionmaker: Sessions,
+) -> None:
+    await start_worker()
+    placed = await place_raw_orders(redis, queue_name, sessionmaker)
 
     reference = await expected_totals(sessionmaker)
     assert {order_id: reference[order_id] for order_id in placed} == placed
