@@ -247,16 +247,9 @@ def cli_env(settings: Settings, **extra: str) -> dict[str, str]:
 def run_cli(
     *args: str, env: dict[str, str], stdin: str | None = None, timeout_s: float = 120
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "worker", *args],
-        env=env,
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=timeout_s,
-        cwd=REPO_ROOT,
-        check=False,
-    )
+    command = [sys.executable, "-m", "worker", *args]
+    options: dict[str, Any] = {"capture_output": True, "text": True, "cwd": REPO_ROOT}
+    return subprocess.run(command, env=env, input=stdin, timeout=timeout_s, check=False, **options)
 
 
 @pytest.fixture
