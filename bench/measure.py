@@ -149,7 +149,7 @@ async def batch_totals(bench: Bench, replicas: int) -> Outcome:
     if finished.returncode != 0 or summary["failed"] or summary["computed"] != expected:
         raise RuntimeError(f"{label}: exit {finished.returncode}, summary {str(summary)[:500]}")
     verification = await check_totals(bench.engine, bench.first_id, bench.last_id)
-    await _clear_batch(bench.redis, queue, summary["batch_id"])
+    await clear_batch(bench.redis, queue, summary["batch_id"])
     problems = []
     if Decimal(summary["total_sum"]) != verification.expected_sum:
         problems.append(f"total_sum {summary['total_sum']} != {verification.expected_sum}")
@@ -170,7 +170,7 @@ async def cli_submit(bench: Bench) -> Outcome:
     queue = bench.queue("submit")
     finished, summary = await bench.cli("submit-cli", queue, "totals", "--all", "--no-wait")
     queued = int(await bench.redis.zcard(queue))
-    await _clear_batch(bench.redis, queue, summary["batch_id"])
+    await clear_batch(bench.redis, queue, summary["batch_id"])
     if finished.returncode != 0 or summary["requested"] != bench.orders or not queued:
         raise RuntimeError(f"submit: exit {finished.returncode}, {queued} queued, {summary}")
     return Outcome(
@@ -181,7 +181,7 @@ async def cli_submit(bench: Bench) -> Outcome:
     )
 
 
-async def _clear_batch(redis: Redis, queue: str, batch_id: str) -> None:
+async def clear_batch(redis: Redis, queue: str, batch_id: str) -> None:
     # Chunk jobs are named totals:{batch_id}:{n}; their keys are found by that pattern.
     pattern = f"arq:*:totals:{batch_id}:*"
     keys = [key async for key in redis.scan_iter(match=pattern, count=1000)]

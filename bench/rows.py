@@ -27,23 +27,23 @@ class Results:
     submit: Outcome | None = None
     jobs: Outcome | None = None
     noop: dict[str, Outcome] = field(default_factory=dict)
-    seed: Outcome | None = None
     startup: dict[str, Startup] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)  # of measurements without an Outcome
 
     def outcomes(self) -> list[Outcome]:
-        found = [self.submit, self.jobs, self.seed]
+        found = [self.submit, self.jobs]
         found += [*self.sql_limits.values(), *self.batch.values(), *self.noop.values()]
         return [outcome for outcome in found if outcome is not None]
 
 
-def _rate_row(name: str, outcome: Outcome, noun: str, **details: Any) -> Row:
+def rate_row(name: str, outcome: Outcome, noun: str, **details: Any) -> Row:
     """A row of `outcome.count` orders or jobs at a rate per second."""
     return Row(
         name, f"{outcome.count:,} {noun}", outcome.seconds, outcome.rate, f"{noun}/s", **details
     )
 
 
-def _held_to(
+def held_to(
     name: str,
     outcome: Outcome,
     noun: str,
@@ -58,7 +58,7 @@ def _held_to(
     ratio = outcome.rate / baseline[0].rate
     passed = ratio >= target and outcome.ok
     details = {"ratio": ratio, "baseline": baseline[1], "target": target_text, "passed": passed}
-    return _rate_row(name, outcome, noun, note=_checked(outcome, note), **details)
+    return rate_row(name, outcome, noun, note=_checked(outcome, note), **details)
 
 
 def _checked(outcome: Outcome, note: str) -> str:
@@ -70,25 +70,12 @@ def _checked(outcome: Outcome, note: str) -> str:
 
 
 def build_rows(results: Results, settings: Settings) -> list[Row]:
-    assert results.submit and results.jobs and results.seed
+    assert results.submit and results.jobs
     rows = _batch_rows(results)
-    seed = results.seed
-    rows.append(
-        _rate_row(
-            "seed approach: TaskGroup, one session per order, pool of 5",
-            seed,
-            "orders",
-            ratio=seed.rate / results.sql_limits[1].rate,
-            baseline="SQL limit",
-            note=_checked(
-                seed, f"1-replica batch is {results.batch[1].rate / seed.rate:.0f}x this"
-            ),
-        )
-    )
     rows += _job_rows(results, settings)
     submit = results.submit
     rows.append(
-        _rate_row(
+        rate_row(
             "CLI submit: `totals --all --no-wait` (no worker)",
             submit,
             "orders",
@@ -118,7 +105,7 @@ def _batch_rows(results: Results) -> list[Row]:
         limit = results.sql_limits[replicas]
         note = "measured right before, as the baseline of the next row"
         rows.append(
-            _rate_row(
+            rate_row(
                 "SQL limit: one INSERT ... SELECT SUM ... GROUP BY ... ON CONFLICT",
                 limit,
                 "orders",
@@ -126,7 +113,7 @@ def _batch_rows(results: Results) -> list[Row]:
             )
         )
         rows.append(
-            _held_to(
+            held_to(
                 f"`totals --all`, {replicas} worker replica{'s' if replicas > 1 else ''}",
                 outcome,
                 "orders",
@@ -149,9 +136,7 @@ def _job_rows(results: Results, settings: Settings) -> list[Row]:
     target = f">= {JOBS_TARGET}x"
     baseline = (same, "bare arq")
     rows = [
-        _held_to(
-            name, jobs, "jobs", note, baseline=baseline, target=JOBS_TARGET, target_text=target
-        )
+        held_to(name, jobs, "jobs", note, baseline=baseline, target=JOBS_TARGET, target_text=target)
     ]
     tuning = f"poll {settings.worker.poll_delay_s:g}s, max_jobs {settings.worker.concurrency}"
     poll_s, max_jobs = ARQ_DEFAULT_POLL_DELAY_S, ARQ_DEFAULT_MAX_JOBS
@@ -161,7 +146,7 @@ def _job_rows(results: Results, settings: Settings) -> list[Row]:
     ):
         cpu = _cpu_per_job(outcome, results.startup.get("bare arq"))
         rows.append(
-            _rate_row(
+            rate_row(
                 f"bare arq worker, no-op jobs, {label}",
                 outcome,
                 "jobs",
