@@ -19,7 +19,7 @@ from typing import Any
 
 from arq.constants import job_key_prefix, result_key_prefix
 
-from bench.measure import Bench, Outcome, clear_batch
+from bench.measure import Bench, Outcome, clear_batch, say
 from bench.processes import Child
 from bench.report import Row
 from bench.rows import held_to, rate_row
@@ -46,6 +46,7 @@ class Phase:
     function: str
     rate: int
     during_batch: bool
+    jobs: int = 0  # to send; 0: the phase's length at its rate
     latencies_ms: list[float] = field(default_factory=list)
     job_ids: list[str] = field(default_factory=list)
     failed: int = 0
@@ -53,10 +54,11 @@ class Phase:
     in_batch: int = 0  # jobs sent while one was
     sending_s: float = 0.0  # from the first send to the last (the schedule's length if kept)
     batch_ids: list[str] = field(default_factory=list)
+    harness_core: float = 0.0  # share of a core this process used, sending and polling
+    stop: asyncio.Event = field(default_factory=asyncio.Event)  # sends no more once set
 
-    @property
-    def jobs(self) -> int:
-        return round(self.rate * RATES[self.rate])
+    def __post_init__(self) -> None:
+        self.jobs = self.jobs or round(self.rate * RATES[self.rate])
 
 
 def job_kwargs(bench: Bench, function: str, n: int, job_id: str) -> dict[str, Any]:
@@ -66,14 +68,11 @@ def job_kwargs(bench: Bench, function: str, n: int, job_id: str) -> dict[str, An
     return {"customer_id": 1 + n % 3, "items": [item], "idempotency_key": job_id}
 
 
-async def produce(
-    bench: Bench, queue: str, phase: Phase, stop: asyncio.Event | None, sent: dict[str, float]
-) -> None:
-    """Open loop: job n is sent at start + n / rate, whether or not earlier ones have finished,
-    until `stop` or, without one, the phase's length."""
+async def produce(bench: Bench, queue: str, phase: Phase, sent: dict[str, float]) -> None:
+    """Open loop: job n is sent at start + n / rate, whether or not earlier ones have finished."""
     started, label = time.monotonic(), f"{queue}:{phase.function}:{phase.rate}:{phase.during_batch}"
-    jobs = phase.jobs if stop is None else sys.maxsize
-    while not (stop and stop.is_set()) and (n := len(phase.job_ids)) < jobs:
+    sends = []  # not awaited one by one: a slow reply must not hold back the next send
+    while not phase.stop.is_set() and (n := len(phase.job_ids)) < phase.jobs:
         await asyncio.sleep(max(0.0, started + n / phase.rate - time.monotonic()))
         job_id, now_ms = f"{label}:{n}", int(time.time() * 1000)
         kwargs = job_kwargs(bench, phase.function, n, job_id)
@@ -85,23 +84,21 @@ async def produce(
         sent[job_id] = time.monotonic()
         phase.job_ids.append(job_id)
         phase.in_batch += phase.batch_running
-        await pipe.execute()
+        sends.append(asyncio.create_task(pipe.execute()))
         phase.sending_s = time.monotonic() - started
+    await asyncio.gather(*sends)
 
 
-async def run_phase(
-    bench: Bench, queue: str, phase: Phase, stop: asyncio.Event | None = None
-) -> None:
-    """Send until `stop`, then wait for every result; the latencies go into `phase`."""
+async def run_phase(bench: Bench, queue: str, phase: Phase) -> None:
+    """Send the phase's jobs, and wait for every result; the latencies go into `phase`."""
     sent: dict[str, float] = {}
-    producer = asyncio.create_task(produce(bench, queue, phase, stop, sent))
-    deadline = time.monotonic() + RESULTS_TIMEOUT_S
+    producer = asyncio.create_task(produce(bench, queue, phase, sent))
+    started, cpu = time.monotonic(), time.process_time()
+    deadline = started + RESULTS_TIMEOUT_S
     while not producer.done() or sent:
         await asyncio.sleep(RESULT_POLL_S)
         ids = list(itertools.islice(sent, POLL_WINDOW))
-        found = (
-            await bench.redis.mget([result_key_prefix + job_id for job_id in ids]) if ids else []
-        )
+        found = await bench.redis.mget([result_key_prefix + i for i in ids]) if ids else []
         seen = time.monotonic()
         for job_id, result in zip(ids, found, strict=True):
             if result is not None:
@@ -110,6 +107,7 @@ async def run_phase(
         if time.monotonic() > deadline:
             raise RuntimeError(f"{len(sent)} results missing after {RESULTS_TIMEOUT_S:g}s")
     await producer
+    phase.harness_core = (time.process_time() - cpu) / (time.monotonic() - started)
 
 
 async def batch(bench: Bench, queue: str, label: str) -> asyncio.Task[Any]:
@@ -154,11 +152,11 @@ async def during_batch(bench: Bench, queue: str, phase: Phase) -> None:
 async def batch_rate(bench: Bench, queue: str, loaded: bool) -> tuple[Outcome, Phase]:
     """`totals --all` from an empty order_totals, alone or under place_order at LOAD_RATE."""
     await truncate_totals(bench.engine)
-    phase, stop = Phase("place_order", LOAD_RATE, loaded), asyncio.Event()
-    load = asyncio.create_task(run_phase(bench, queue, phase, stop)) if loaded else None
+    phase = Phase("place_order", LOAD_RATE, loaded, jobs=sys.maxsize)
+    load = asyncio.create_task(run_phase(bench, queue, phase)) if loaded else None
     cli = await batch(bench, queue, f"lat-batch-{'loaded' if loaded else 'alone'}")
     computed, seconds = await batch_done(cli, phase)
-    stop.set()
+    phase.stop.set()
     if load is not None:
         await load
     check = await check_totals(bench.engine)  # every order, placed ones too
@@ -188,9 +186,11 @@ async def run_latency(bench: Bench) -> tuple[list[Row], bool]:
     try:
         for phase in phases[:4]:
             await run_phase(bench, queue, phase)
+            say(f"- {phase_row(phase).name}: {phase_row(phase).note}")
         cpu = await idle_cpu(replicas)
         for phase in phases[4:]:
             await during_batch(bench, queue, phase)
+            say(f"- {phase_row(phase).name}: {phase_row(phase).note}")
         (alone, first), (loaded, load) = [await batch_rate(bench, queue, x) for x in (False, True)]
     finally:
         await asyncio.gather(*(replica.stop() for replica in replicas))
@@ -199,8 +199,7 @@ async def run_latency(bench: Bench) -> tuple[list[Row], bool]:
         await clear_queue_keys(bench.redis, queue, phase.job_ids)
         for batch_id in phase.batch_ids:
             await clear_batch(bench.redis, queue, batch_id)
-    rows = [phase_row(phase) for phase in phases[:8]] + batch_rows(alone, loaded, load)
-    rows.append(cpu_row(cpu))
+    rows = [phase_row(phase) for phase in phases[:8]] + other_rows(alone, loaded, load, cpu)
     ok = alone.ok and loaded.ok and not any(phase.failed for phase in phases)
     return rows, ok
 
@@ -211,20 +210,19 @@ def percentiles(phase: Phase) -> dict[int, float]:
 
 
 def phase_row(phase: Phase) -> Row:
-    found = percentiles(phase)
-    targets = TARGETS_MS[phase.during_batch] if phase.rate == 50 else {}
-    if phase.function != "place_order":
-        targets = {}
-    passed = all(found[p] <= ms for p, ms in targets.items()) and not phase.failed
+    found, during = percentiles(phase), phase.during_batch
+    targeted = phase.function == "place_order" and phase.rate == 50
+    targets = TARGETS_MS[during] if targeted else {}
     note = " / ".join(f"p{p} {ms:.1f}" for p, ms in found.items())
     note += f" / max {max(phase.latencies_ms):.1f} ms; {phase.failed} failed"
-    if phase.during_batch:
-        share = phase.in_batch / len(phase.job_ids)
-        note += f"; {share:.0%} sent while chunks were queued or running"
+    note += f"; harness {phase.harness_core:.0%} of a core"
+    if during:
+        note += f"; {phase.in_batch / phase.jobs:.0%} sent while chunks were queued or running"
         note += f" ({len(phase.batch_ids)} batch runs)"
+    name = f"`{phase.function}` at {phase.rate}/s, " + ("during a batch" if during else "idle")
+    passed = all(found[p] <= ms for p, ms in targets.items()) and not phase.failed
     return Row(
-        f"`{phase.function}` at {phase.rate}/s, "
-        + ("during `totals --all`" if phase.during_batch else "idle"),
+        name,
         f"{len(phase.latencies_ms):,} jobs",
         phase.sending_s,
         found[99],
@@ -235,32 +233,28 @@ def phase_row(phase: Phase) -> Row:
     )
 
 
-def batch_rows(alone: Outcome, loaded: Outcome, load: Phase) -> list[Row]:
-    p99 = percentiles(load)[99]
-    name = f"`totals --all`, 2 replicas, under place_order at {LOAD_RATE}/s"
-    note = f"CLI wall time; its {len(load.job_ids):,} place_order jobs: p99 {p99:.1f} ms"
+def other_rows(alone: Outcome, loaded: Outcome, load: Phase, cpu: list[float]) -> list[Row]:
+    """The batch alone and under load, then the idle replicas' CPU."""
+    loaded_note = f"{len(load.job_ids):,} place_order sent, p99 {percentiles(load)[99]:.1f} ms"
     return [
         rate_row("`totals --all`, 2 replicas, alone", alone, "orders", note="CLI wall time"),
         held_to(
-            name,
+            f"`totals --all`, 2 replicas, under place_order at {LOAD_RATE}/s",
             loaded,
             "orders",
-            note,
+            f"CLI wall time; {loaded_note}",
             baseline=(alone, "alone"),
             target=BATCH_RATIO,
             target_text=f">= {BATCH_RATIO}x",
         ),
+        Row(
+            f"idle replica: CPU over {IDLE_CPU_S:g} s, nothing queued",
+            "",
+            IDLE_CPU_S,
+            max(cpu),
+            "% of a core",
+            target=f"<= {CPU_TARGET:g}%",
+            passed=max(cpu) <= CPU_TARGET,
+            note="highest of the replicas; all: " + ", ".join(f"{c:.2f}%" for c in cpu),
+        ),
     ]
-
-
-def cpu_row(cpu: list[float]) -> Row:
-    return Row(
-        f"idle replica: CPU over {IDLE_CPU_S:g} s, nothing queued",
-        "",
-        IDLE_CPU_S,
-        max(cpu),
-        "% of a core",
-        target=f"<= {CPU_TARGET:g}%",
-        passed=max(cpu) <= CPU_TARGET,
-        note="highest of the replicas; all: " + ", ".join(f"{c:.2f}%" for c in cpu),
-    )

@@ -1,12 +1,14 @@
 """The product's own measurements, each through real processes: `orderworker totals --all` against
 worker replicas, single jobs drained by one replica (and by a bare arq worker), the CLI's submit
-rate. Every measurement starts from an empty order_totals and ends with a SQL check."""
+rate; and the reference for batches, the database's own one-statement limit. Every measurement
+starts from an empty order_totals and ends with a SQL check."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -16,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from redis.asyncio import Redis
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bench.processes import Child, Finished
@@ -28,6 +31,7 @@ from bench.stack import (
     truncate_totals,
 )
 from db.engine import create_engine
+from db.totals import INSERT_ORDER_TOTALS, ON_CONFLICT_UPDATE_TOTAL, SELECT_ORDER_TOTALS
 from worker.harness.checks import TotalsCheck, check_totals
 from worker.harness.polling import poll_until
 from worker.harness.replicas import replica_env
@@ -35,6 +39,10 @@ from worker.health import live_replicas
 
 READY_TIMEOUT_S = 60.0
 RUN_TIMEOUT_S = 900.0
+# The product's computation over all orders in one statement: what PostgreSQL alone does.
+SQL_LIMIT = text(
+    f"{INSERT_ORDER_TOTALS} {SELECT_ORDER_TOTALS} GROUP BY o.id {ON_CONFLICT_UPDATE_TOTAL}"
+)
 
 
 def product_args(*args: str) -> list[str]:
@@ -133,6 +141,17 @@ async def open_bench(servers: BenchServers, orders: int, log_dir: Path) -> Async
 
 def say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
+
+
+async def sql_limit(bench: Bench) -> Outcome:
+    """The database alone computing and upserting every order's total, timed and checked."""
+    await truncate_totals(bench.engine)
+    async with bench.engine.begin() as connection:
+        started = time.perf_counter()
+        await connection.execute(SQL_LIMIT)
+    seconds = time.perf_counter() - started
+    check = await check_totals(bench.engine, bench.first_id, bench.last_id)
+    return Outcome(bench.orders, seconds, verification=check)
 
 
 async def batch_totals(bench: Bench, replicas: int) -> Outcome:

@@ -72,6 +72,7 @@ def results_section(
             f"- Machine: {machine()}",
             f"- Servers: {versions[0]}, {versions[1]}",
             f"- Product settings (defaults): {tuning}",
+            f"- Load average at the end (1 min; the machine is shared): {os.getloadavg()[0]:.1f}",
             "",
             markdown_table(rows),
             "",

@@ -22,7 +22,6 @@ from pathlib import Path
 import uvloop
 
 from bench import drain, measure
-from bench.baselines import sql_limit
 from bench.latency import run_latency
 from bench.measure import Bench, Outcome, open_bench, product_args, say
 from bench.noop_worker import NOOP_FUNCTION
@@ -81,7 +80,7 @@ async def measure_all(bench: Bench, args: argparse.Namespace, results: Results) 
     for replicas in (1, 2):
         # The SQL limit again right before each batch: on a noisy machine a ratio is only as good
         # as the closeness in time of its two figures.
-        results.sql_limits[replicas] = await measured("SQL limit", sql_limit(bench))
+        results.sql_limits[replicas] = await measured("SQL limit", measure.sql_limit(bench))
         batch = measure.batch_totals(bench, replicas)
         results.batch[replicas] = await measured(f"totals --all, {replicas} replica(s)", batch)
     results.submit = await measured("CLI submit rate (no worker)", measure.cli_submit(bench))
