@@ -9,20 +9,18 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import os
 import statistics
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from arq.constants import job_key_prefix, result_key_prefix
 
 from bench.measure import Bench, Outcome, clear_batch, say
-from bench.processes import Child
+from bench.processes import Child, cpu_seconds
 from bench.report import Row
-from bench.rows import held_to, rate_row
+from bench.rows import checked, held_to, rate_row
 from bench.stack import clear_queue_keys, truncate_totals
 from jobs.client import JOB_EXPIRY_MS
 from jobs.lanes import lane_queue, wake_channel
@@ -46,7 +44,6 @@ class Phase:
     function: str
     rate: int
     during_batch: bool
-    jobs: int = 0  # to send; 0: the phase's length at its rate
     latencies_ms: list[float] = field(default_factory=list)
     job_ids: list[str] = field(default_factory=list)
     failed: int = 0
@@ -56,16 +53,11 @@ class Phase:
     batch_ids: list[str] = field(default_factory=list)
     harness_core: float = 0.0  # share of a core this process used, sending and polling
     stop: asyncio.Event = field(default_factory=asyncio.Event)  # sends no more once set
+    endless: bool = False  # sends until `stop`, not for the phase's length
 
-    def __post_init__(self) -> None:
-        self.jobs = self.jobs or round(self.rate * RATES[self.rate])
-
-
-def job_kwargs(bench: Bench, function: str, n: int, job_id: str) -> dict[str, Any]:
-    if function == "compute_order_total":
-        return {"order_id": bench.first_id + n % bench.orders}
-    item = {"item_id": 1 + n % 4, "quantity": 1 + n % 3}  # the sample data's customers and items
-    return {"customer_id": 1 + n % 3, "items": [item], "idempotency_key": job_id}
+    @property
+    def jobs(self) -> int:
+        return sys.maxsize if self.endless else round(self.rate * RATES[self.rate])
 
 
 async def produce(bench: Bench, queue: str, phase: Phase, sent: dict[str, float]) -> None:
@@ -75,7 +67,10 @@ async def produce(bench: Bench, queue: str, phase: Phase, sent: dict[str, float]
     while not phase.stop.is_set() and (n := len(phase.job_ids)) < phase.jobs:
         await asyncio.sleep(max(0.0, started + n / phase.rate - time.monotonic()))
         job_id, now_ms = f"{label}:{n}", int(time.time() * 1000)
-        kwargs = job_kwargs(bench, phase.function, n, job_id)
+        item = {"item_id": 1 + n % 4, "quantity": 1 + n % 3}  # the sample data's items, customers
+        kwargs = {"customer_id": 1 + n % 3, "items": [item], "idempotency_key": job_id}
+        if phase.function == "compute_order_total":
+            kwargs = {"order_id": bench.first_id + n % bench.orders}
         envelope = {"t": 1, "f": phase.function, "a": [], "k": kwargs, "et": now_ms}
         pipe = bench.redis.pipeline(transaction=False)
         pipe.set(job_key_prefix + job_id, json.dumps(envelope), px=JOB_EXPIRY_MS)
@@ -94,7 +89,6 @@ async def run_phase(bench: Bench, queue: str, phase: Phase) -> None:
     sent: dict[str, float] = {}
     producer = asyncio.create_task(produce(bench, queue, phase, sent))
     started, cpu = time.monotonic(), time.process_time()
-    deadline = started + RESULTS_TIMEOUT_S
     while not producer.done() or sent:
         await asyncio.sleep(RESULT_POLL_S)
         ids = list(itertools.islice(sent, POLL_WINDOW))
@@ -104,7 +98,7 @@ async def run_phase(bench: Bench, queue: str, phase: Phase) -> None:
             if result is not None:
                 phase.latencies_ms.append((seen - sent.pop(job_id)) * 1000)
                 phase.failed += not json.loads(result)["s"]
-        if time.monotonic() > deadline:
+        if time.monotonic() - started - phase.sending_s > RESULTS_TIMEOUT_S:  # after the last send
             raise RuntimeError(f"{len(sent)} results missing after {RESULTS_TIMEOUT_S:g}s")
     await producer
     phase.harness_core = (time.process_time() - cpu) / (time.monotonic() - started)
@@ -152,7 +146,7 @@ async def during_batch(bench: Bench, queue: str, phase: Phase) -> None:
 async def batch_rate(bench: Bench, queue: str, loaded: bool) -> tuple[Outcome, Phase]:
     """`totals --all` from an empty order_totals, alone or under place_order at LOAD_RATE."""
     await truncate_totals(bench.engine)
-    phase = Phase("place_order", LOAD_RATE, loaded, jobs=sys.maxsize)
+    phase = Phase("place_order", LOAD_RATE, loaded, endless=True)
     load = asyncio.create_task(run_phase(bench, queue, phase)) if loaded else None
     cli = await batch(bench, queue, f"lat-batch-{'loaded' if loaded else 'alone'}")
     computed, seconds = await batch_done(cli, phase)
@@ -163,17 +157,12 @@ async def batch_rate(bench: Bench, queue: str, loaded: bool) -> tuple[Outcome, P
     return Outcome(computed, seconds, verification=check), phase
 
 
-def cpu_ticks(pid: int) -> int:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
-
-
 async def idle_cpu(replicas: list[Child]) -> list[float]:
     """% of one core each replica used over IDLE_CPU_S with nothing queued."""
-    before = [cpu_ticks(replica.process.pid) for replica in replicas]
+    before = [cpu_seconds(replica.process.pid) for replica in replicas]
     await asyncio.sleep(IDLE_CPU_S)  # the measured window itself
-    used = [cpu_ticks(r.process.pid) - b for r, b in zip(replicas, before, strict=True)]
-    return [ticks / os.sysconf("SC_CLK_TCK") / IDLE_CPU_S * 100 for ticks in used]
+    used = [cpu_seconds(r.process.pid) - b for r, b in zip(replicas, before, strict=True)]
+    return [seconds / IDLE_CPU_S * 100 for seconds in used]
 
 
 async def run_latency(bench: Bench) -> tuple[list[Row], bool]:
@@ -218,7 +207,7 @@ def phase_row(phase: Phase) -> Row:
     note += f"; harness {phase.harness_core:.0%} of a core"
     if during:
         note += f"; {phase.in_batch / phase.jobs:.0%} sent while chunks were queued or running"
-        note += f" ({len(phase.batch_ids)} batch runs)"
+        note += f" ({len(phase.batch_ids)} batch run{'s' if len(phase.batch_ids) > 1 else ''})"
     name = f"`{phase.function}` at {phase.rate}/s, " + ("during a batch" if during else "idle")
     passed = all(found[p] <= ms for p, ms in targets.items()) and not phase.failed
     return Row(
@@ -237,7 +226,12 @@ def other_rows(alone: Outcome, loaded: Outcome, load: Phase, cpu: list[float]) -
     """The batch alone and under load, then the idle replicas' CPU."""
     loaded_note = f"{len(load.job_ids):,} place_order sent, p99 {percentiles(load)[99]:.1f} ms"
     return [
-        rate_row("`totals --all`, 2 replicas, alone", alone, "orders", note="CLI wall time"),
+        rate_row(
+            "`totals --all`, 2 replicas, alone",
+            alone,
+            "orders",
+            note=checked(alone, "CLI wall time"),
+        ),
         held_to(
             f"`totals --all`, 2 replicas, under place_order at {LOAD_RATE}/s",
             loaded,

@@ -61,6 +61,7 @@ class Outcome:
     worker_cpu_s: list[float] = field(default_factory=list)  # user + system, whole process life
     cli_rss_mib: float | None = None
     steady_seconds: float | None = None  # first result to last, when results are polled
+    startup_cpu_s: float = 0.0  # the worker's CPU until its first result, when polled
     redis_commands: int | None = None  # processed by Redis while the jobs drained
     note: str = ""
     problems: list[str] = field(default_factory=list)

@@ -18,7 +18,7 @@ from arq.connections import RedisSettings
 from arq.worker import Worker, func
 
 NOOP_FUNCTION = "noop"
-# arq's own defaults, for the "bare arq, default settings" row.
+# arq's own defaults.
 ARQ_DEFAULT_POLL_DELAY_S = 0.5
 ARQ_DEFAULT_MAX_JOBS = 10
 

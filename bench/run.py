@@ -91,18 +91,8 @@ async def measure_all(bench: Bench, args: argparse.Namespace, results: Results) 
     # arq tuning of the product's worker, for the bare arq worker it is compared with.
     worker = load_settings().worker
     tuned = ["--poll-delay", str(worker.poll_delay_s), "--max-jobs", str(worker.concurrency)]
-    for key, extra in (("same", tuned), ("defaults", [])):
-        noop = drain.noop_worker_args(*extra)
-        drained = drain.single_jobs(bench, f"noop-{key}", jobs, NOOP_FUNCTION, noop)
-        results.noop[key] = await measured(f"bare arq no-op worker ({key} settings)", drained)
-    for name, worker_args, ready in (
-        ("orderworker", product, drain.product_ready),
-        ("bare arq", drain.noop_worker_args(*tuned), drain.arq_ready),
-    ):
-        say(f"- {name} worker: start until ready, empty queue ...")
-        start = await drain.idle_start(bench, f"start-{name.replace(' ', '-')}", worker_args, ready)
-        results.startup[name] = start
-        say(f"  ready after {start.seconds_to_ready:.2f}s, {start.cpu_s:.2f}s CPU")
+    noop = drain.single_jobs(bench, "noop", jobs, NOOP_FUNCTION, drain.noop_worker_args(*tuned))
+    results.noop = await measured("bare arq no-op worker, same tuning", noop)
 
 
 async def measured(what: str, measurement: Awaitable[Outcome]) -> Outcome:
