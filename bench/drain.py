@@ -1,24 +1,21 @@
-"""Single jobs drained by ONE worker process (orderworker's, or the bare arq worker), and a worker's
-bare start-up. The jobs are all queued before the worker is spawned; the clock runs from its spawn
-until the last result exists (start-up included, nothing subtracted)."""
+"""Single jobs drained by ONE worker process (orderworker's, or the bare arq worker). The jobs are
+all queued before the worker is spawned; the clock runs from its spawn until the last result exists
+(start-up included, nothing subtracted)."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
-from bench.measure import READY_TIMEOUT_S, RUN_TIMEOUT_S, Bench, Outcome
+from bench.measure import RUN_TIMEOUT_S, Bench, Outcome
 from bench.noop_worker import NOOP_FUNCTION
-from bench.processes import Child
+from bench.processes import Child, cpu_seconds
 from bench.stack import clear_queue_keys, truncate_totals
 from jobs.client import JobRequest, OrderClient
 from jobs.connection import redis_settings_from_url
 from worker.harness.checks import check_totals
 from worker.harness.polling import poll_until
-from worker.health import live_replicas
 
 RESULT_POLL_S = 0.05
 
@@ -48,11 +45,7 @@ async def enqueue_single_jobs(bench: Bench, queue: str, function: str, jobs: int
 
 
 async def single_jobs(
-    bench: Bench,
-    label: str,
-    jobs: int,
-    function: str,
-    worker_args: list[str],
+    bench: Bench, label: str, jobs: int, function: str, worker_args: list[str]
 ) -> Outcome:
     queue = bench.queue(label)
     await truncate_totals(bench.engine)
@@ -61,14 +54,14 @@ async def single_jobs(
     keys = ["arq:result:" + job_id for job_id in job_ids]
     commands_before = await redis_commands(bench.redis)
     child = Child(worker_args, bench.env(queue), bench.log_dir, label)
-    polls, first_result = 0, 0.0
+    polls, first_result, startup_cpu = 0, 0.0, 0.0
 
     async def all_results() -> bool:
-        nonlocal polls, first_result
+        nonlocal polls, first_result, startup_cpu
         done = int(await bench.redis.exists(*keys))
         polls += 1
         if done and not first_result:
-            first_result = time.perf_counter()
+            first_result, startup_cpu = time.perf_counter(), cpu_seconds(child.process.pid)
         child.check_alive()
         return done == len(keys)
 
@@ -90,49 +83,7 @@ async def single_jobs(
         worker_rss_mib=[stopped.peak_rss_mib],
         worker_cpu_s=[stopped.cpu_seconds],
         steady_seconds=last_result - first_result,
+        startup_cpu_s=startup_cpu,
         redis_commands=commands,
         note=f"first result after {first_result - child.started:.2f}s (startup)",
     )
-
-
-# ---------------------------------------------------------------- start-up alone
-
-
-@dataclass(frozen=True, slots=True)
-class Startup:
-    """A worker started on an empty queue and stopped once it is ready."""
-
-    seconds_to_ready: float
-    cpu_s: float  # user + system over its whole life (start, ready, stop)
-    rss_mib: float
-
-
-async def product_ready(redis: Redis, queue: str) -> bool:
-    return bool(await live_replicas(redis, queue))
-
-
-async def arq_ready(redis: Redis, queue: str) -> bool:
-    # arq writes its health-check key on its first poll of the queue.
-    return bool(await redis.exists(f"{queue}:health-check"))
-
-
-async def idle_start(
-    bench: Bench,
-    label: str,
-    worker_args: list[str],
-    ready: Callable[[Redis, str], Awaitable[bool]],
-) -> Startup:
-    queue = bench.queue(label)
-    child = Child(worker_args, bench.env(queue), bench.log_dir, label)
-
-    async def ready_now() -> bool:
-        child.check_alive()
-        return await ready(bench.redis, queue)
-
-    try:
-        await poll_until(ready_now, f"{label} ready", READY_TIMEOUT_S, RESULT_POLL_S)
-        seconds = time.perf_counter() - child.started
-    finally:
-        stopped = await child.stop()
-    await clear_queue_keys(bench.redis, queue, [])
-    return Startup(seconds, stopped.cpu_seconds, stopped.peak_rss_mib)

@@ -1,12 +1,14 @@
 """The product's own measurements, each through real processes: `orderworker totals --all` against
 worker replicas, single jobs drained by one replica (and by a bare arq worker), the CLI's submit
-rate. Every measurement starts from an empty order_totals and ends with a SQL check."""
+rate; and the reference for batches, the database's own one-statement limit. Every measurement
+starts from an empty order_totals and ends with a SQL check."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -16,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from redis.asyncio import Redis
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bench.processes import Child, Finished
@@ -28,6 +31,7 @@ from bench.stack import (
     truncate_totals,
 )
 from db.engine import create_engine
+from db.totals import INSERT_ORDER_TOTALS, ON_CONFLICT_UPDATE_TOTAL, SELECT_ORDER_TOTALS
 from worker.harness.checks import TotalsCheck, check_totals
 from worker.harness.polling import poll_until
 from worker.harness.replicas import replica_env
@@ -35,6 +39,10 @@ from worker.health import live_replicas
 
 READY_TIMEOUT_S = 60.0
 RUN_TIMEOUT_S = 900.0
+# The product's computation over all orders in one statement: what PostgreSQL alone does.
+SQL_LIMIT = text(
+    f"{INSERT_ORDER_TOTALS} {SELECT_ORDER_TOTALS} GROUP BY o.id {ON_CONFLICT_UPDATE_TOTAL}"
+)
 
 
 def product_args(*args: str) -> list[str]:
@@ -53,6 +61,7 @@ class Outcome:
     worker_cpu_s: list[float] = field(default_factory=list)  # user + system, whole process life
     cli_rss_mib: float | None = None
     steady_seconds: float | None = None  # first result to last, when results are polled
+    startup_cpu_s: float = 0.0  # the worker's CPU until its first result, when polled
     redis_commands: int | None = None  # processed by Redis while the jobs drained
     note: str = ""
     problems: list[str] = field(default_factory=list)
@@ -135,6 +144,17 @@ def say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+async def sql_limit(bench: Bench) -> Outcome:
+    """The database alone computing and upserting every order's total, timed and checked."""
+    await truncate_totals(bench.engine)
+    async with bench.engine.begin() as connection:
+        started = time.perf_counter()
+        await connection.execute(SQL_LIMIT)
+    seconds = time.perf_counter() - started
+    check = await check_totals(bench.engine, bench.first_id, bench.last_id)
+    return Outcome(bench.orders, seconds, verification=check)
+
+
 async def batch_totals(bench: Bench, replicas: int) -> Outcome:
     """`orderworker totals --all --json` against `replicas` running workers; timed as the CLI."""
     label = f"batch-{replicas}r"
@@ -149,7 +169,7 @@ async def batch_totals(bench: Bench, replicas: int) -> Outcome:
     if finished.returncode != 0 or summary["failed"] or summary["computed"] != expected:
         raise RuntimeError(f"{label}: exit {finished.returncode}, summary {str(summary)[:500]}")
     verification = await check_totals(bench.engine, bench.first_id, bench.last_id)
-    await _clear_batch(bench.redis, queue, summary["batch_id"])
+    await clear_batch(bench.redis, queue, summary["batch_id"])
     problems = []
     if Decimal(summary["total_sum"]) != verification.expected_sum:
         problems.append(f"total_sum {summary['total_sum']} != {verification.expected_sum}")
@@ -170,7 +190,7 @@ async def cli_submit(bench: Bench) -> Outcome:
     queue = bench.queue("submit")
     finished, summary = await bench.cli("submit-cli", queue, "totals", "--all", "--no-wait")
     queued = int(await bench.redis.zcard(queue))
-    await _clear_batch(bench.redis, queue, summary["batch_id"])
+    await clear_batch(bench.redis, queue, summary["batch_id"])
     if finished.returncode != 0 or summary["requested"] != bench.orders or not queued:
         raise RuntimeError(f"submit: exit {finished.returncode}, {queued} queued, {summary}")
     return Outcome(
@@ -181,7 +201,7 @@ async def cli_submit(bench: Bench) -> Outcome:
     )
 
 
-async def _clear_batch(redis: Redis, queue: str, batch_id: str) -> None:
+async def clear_batch(redis: Redis, queue: str, batch_id: str) -> None:
     # Chunk jobs are named totals:{batch_id}:{n}; their keys are found by that pattern.
     pattern = f"arq:*:totals:{batch_id}:*"
     keys = [key async for key in redis.scan_iter(match=pattern, count=1000)]

@@ -18,7 +18,7 @@ from arq.connections import RedisSettings
 from arq.worker import Worker, func
 
 NOOP_FUNCTION = "noop"
-# arq's own defaults, for the "bare arq, default settings" row.
+# arq's own defaults.
 ARQ_DEFAULT_POLL_DELAY_S = 0.5
 ARQ_DEFAULT_MAX_JOBS = 10
 
@@ -43,8 +43,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--queue", default=env.get(queue), required=queue not in env)
     parser.add_argument("--poll-delay", type=float, default=ARQ_DEFAULT_POLL_DELAY_S)
     parser.add_argument("--max-jobs", type=int, default=ARQ_DEFAULT_MAX_JOBS)
-    parser.add_argument("--queue-read-limit", type=int, default=None)
-    parser.add_argument("--burst", action="store_true", help="exit once the queue is empty")
     return parser.parse_args(argv)
 
 
@@ -57,10 +55,8 @@ def main(argv: list[str] | None = None) -> None:
         redis_settings=RedisSettings.from_dsn(args.redis_url),
         poll_delay=args.poll_delay,
         max_jobs=args.max_jobs,
-        queue_read_limit=args.queue_read_limit,
         job_serializer=to_json,
         job_deserializer=from_json,
-        burst=args.burst,
     )
     worker.run()  # SIGTERM: arq's own handler cancels the main task and closes the pool
 

@@ -39,6 +39,12 @@ class Finished:
     stdout: str
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a live process so far (fields 14 and 15 of /proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def with_bytecode_cache(env: Mapping[str, str]) -> dict[str, str]:
     cached = {key: value for key, value in env.items() if key != "PYTHONDONTWRITEBYTECODE"}
     cached["PYTHONPYCACHEPREFIX"] = str(BYTECODE_CACHE)
@@ -101,11 +107,7 @@ class Child:
     """One spawned process; stdout and stderr go to files under `log_dir`."""
 
     def __init__(
-        self,
-        args: Sequence[str],
-        env: Mapping[str, str],
-        log_dir: Path,
-        label: str,
+        self, args: Sequence[str], env: Mapping[str, str], log_dir: Path, label: str
     ) -> None:
         log_dir.mkdir(parents=True, exist_ok=True)
         self.label = label

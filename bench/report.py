@@ -12,8 +12,6 @@ from pathlib import Path
 
 README = Path(__file__).with_name("README.md")
 RESULTS_DIR = Path(__file__).with_name("results")  # git-ignored: logs and raw outputs
-RESULTS_START = "<!-- results -->"
-RESULTS_END = "<!-- /results -->"
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +72,7 @@ def results_section(
             f"- Machine: {machine()}",
             f"- Servers: {versions[0]}, {versions[1]}",
             f"- Product settings (defaults): {tuning}",
+            f"- Load average at the end (1 min; the machine is shared): {os.getloadavg()[0]:.1f}",
             "",
             markdown_table(rows),
             "",
@@ -82,10 +81,11 @@ def results_section(
     )
 
 
-def write_readme(results: str) -> None:
-    """`results` between the README's results markers."""
-    head, found_start, rest = README.read_text().partition(RESULTS_START)
-    _, found_end, tail = rest.partition(RESULTS_END)
+def write_readme(results: str, marker: str = "results") -> None:
+    """`results` between the README's `<!-- marker -->` and `<!-- /marker -->`."""
+    start, end = f"<!-- {marker} -->", f"<!-- /{marker} -->"
+    head, found_start, rest = README.read_text().partition(start)
+    _, found_end, tail = rest.partition(end)
     if not found_start or not found_end:
-        raise ValueError(f"{README} lacks the markers {RESULTS_START} ... {RESULTS_END}")
-    README.write_text(f"{head}{RESULTS_START}\n{results}\n{RESULTS_END}{tail}")
+        raise ValueError(f"{README} lacks the markers {start} ... {end}")
+    README.write_text(f"{head}{start}\n{results}\n{end}{tail}")

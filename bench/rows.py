@@ -5,9 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench.drain import Startup
 from bench.measure import Outcome
-from bench.noop_worker import ARQ_DEFAULT_MAX_JOBS, ARQ_DEFAULT_POLL_DELAY_S
 from bench.report import Row
 from worker.settings import Settings
 
@@ -26,24 +24,23 @@ class Results:
     batch: dict[int, Outcome] = field(default_factory=dict)
     submit: Outcome | None = None
     jobs: Outcome | None = None
-    noop: dict[str, Outcome] = field(default_factory=dict)
-    seed: Outcome | None = None
-    startup: dict[str, Startup] = field(default_factory=dict)
+    noop: Outcome | None = None
+    problems: list[str] = field(default_factory=list)  # of measurements without an Outcome
 
     def outcomes(self) -> list[Outcome]:
-        found = [self.submit, self.jobs, self.seed]
-        found += [*self.sql_limits.values(), *self.batch.values(), *self.noop.values()]
+        found = [self.submit, self.jobs, self.noop, *self.sql_limits.values()]
+        found += self.batch.values()
         return [outcome for outcome in found if outcome is not None]
 
 
-def _rate_row(name: str, outcome: Outcome, noun: str, **details: Any) -> Row:
+def rate_row(name: str, outcome: Outcome, noun: str, **details: Any) -> Row:
     """A row of `outcome.count` orders or jobs at a rate per second."""
     return Row(
         name, f"{outcome.count:,} {noun}", outcome.seconds, outcome.rate, f"{noun}/s", **details
     )
 
 
-def _held_to(
+def held_to(
     name: str,
     outcome: Outcome,
     noun: str,
@@ -58,10 +55,10 @@ def _held_to(
     ratio = outcome.rate / baseline[0].rate
     passed = ratio >= target and outcome.ok
     details = {"ratio": ratio, "baseline": baseline[1], "target": target_text, "passed": passed}
-    return _rate_row(name, outcome, noun, note=_checked(outcome, note), **details)
+    return rate_row(name, outcome, noun, note=checked(outcome, note), **details)
 
 
-def _checked(outcome: Outcome, note: str) -> str:
+def checked(outcome: Outcome, note: str) -> str:
     if outcome.verification is None:
         return note
     status = "totals verified" if outcome.ok else "**" + outcome.verification.describe() + "**"
@@ -70,25 +67,12 @@ def _checked(outcome: Outcome, note: str) -> str:
 
 
 def build_rows(results: Results, settings: Settings) -> list[Row]:
-    assert results.submit and results.jobs and results.seed
+    assert results.submit and results.jobs
     rows = _batch_rows(results)
-    seed = results.seed
-    rows.append(
-        _rate_row(
-            "seed approach: TaskGroup, one session per order, pool of 5",
-            seed,
-            "orders",
-            ratio=seed.rate / results.sql_limits[1].rate,
-            baseline="SQL limit",
-            note=_checked(
-                seed, f"1-replica batch is {results.batch[1].rate / seed.rate:.0f}x this"
-            ),
-        )
-    )
     rows += _job_rows(results, settings)
     submit = results.submit
     rows.append(
-        _rate_row(
+        rate_row(
             "CLI submit: `totals --all --no-wait` (no worker)",
             submit,
             "orders",
@@ -97,17 +81,6 @@ def build_rows(results: Results, settings: Settings) -> list[Row]:
             note=f"{submit.note}; keyset pages + pipelined enqueue",
         )
     )
-    rows += [
-        Row(
-            f"{name} worker: start until ready, empty queue",
-            "",
-            start.seconds_to_ready,
-            start.cpu_s,
-            "CPU s",
-            note=f"CPU over its whole life, start to stop; {start.rss_mib:.0f} MiB peak RSS",
-        )
-        for name, start in results.startup.items()
-    ]
     return rows + _memory_rows(results)
 
 
@@ -118,15 +91,15 @@ def _batch_rows(results: Results) -> list[Row]:
         limit = results.sql_limits[replicas]
         note = "measured right before, as the baseline of the next row"
         rows.append(
-            _rate_row(
+            rate_row(
                 "SQL limit: one INSERT ... SELECT SUM ... GROUP BY ... ON CONFLICT",
                 limit,
                 "orders",
-                note=_checked(limit, note),
+                note=checked(limit, note),
             )
         )
         rows.append(
-            _held_to(
+            held_to(
                 f"`totals --all`, {replicas} worker replica{'s' if replicas > 1 else ''}",
                 outcome,
                 "orders",
@@ -140,48 +113,38 @@ def _batch_rows(results: Results) -> list[Row]:
 
 
 def _job_rows(results: Results, settings: Settings) -> list[Row]:
-    """Single jobs on one replica, then the bare arq worker with our tuning and with its own."""
-    assert results.jobs is not None
-    same, defaults, jobs = results.noop["same"], results.noop["defaults"], results.jobs
-    cpu = _cpu_per_job(jobs, results.startup.get("orderworker"))
+    """Single jobs on one replica, then the bare arq worker with the same tuning."""
+    assert results.jobs is not None and results.noop is not None
+    noop, jobs = results.noop, results.jobs
+    cpu = _cpu_per_job(jobs)
     note = f"{jobs.note}; {_steady(jobs):,.0f} jobs/s after it; {cpu}"
-    name = "`compute_order_total` jobs, 1 replica"
-    target = f">= {JOBS_TARGET}x"
-    baseline = (same, "bare arq")
-    rows = [
-        _held_to(
-            name, jobs, "jobs", note, baseline=baseline, target=JOBS_TARGET, target_text=target
-        )
-    ]
+    name, target = "`compute_order_total` jobs, 1 replica", f">= {JOBS_TARGET}x"
+    baseline = (noop, "bare arq")
     tuning = f"poll {settings.worker.poll_delay_s:g}s, max_jobs {settings.worker.concurrency}"
-    poll_s, max_jobs = ARQ_DEFAULT_POLL_DELAY_S, ARQ_DEFAULT_MAX_JOBS
-    for label, outcome, what in (
-        ("same tuning", same, f"{tuning}: baseline for the jobs row"),
-        ("arq defaults", defaults, f"poll {poll_s:g}s, max_jobs {max_jobs}: context"),
-    ):
-        cpu = _cpu_per_job(outcome, results.startup.get("bare arq"))
-        rows.append(
-            _rate_row(
-                f"bare arq worker, no-op jobs, {label}",
-                outcome,
-                "jobs",
-                ratio=outcome.rate / same.rate if outcome is defaults else None,
-                baseline="bare arq" if outcome is defaults else "",
-                note=f"{what}; {outcome.note}; {_steady(outcome):,.0f} jobs/s after it; {cpu}",
-            )
-        )
-    return rows
+    noop_cpu = _cpu_per_job(noop)
+    noop_note = f"{tuning}: baseline for the jobs row; {noop.note}; "
+    return [
+        held_to(
+            name, jobs, "jobs", note, baseline=baseline, target=JOBS_TARGET, target_text=target
+        ),
+        rate_row(
+            "bare arq worker, no-op jobs, same tuning",
+            noop,
+            "jobs",
+            note=f"{noop_note}{_steady(noop):,.0f} jobs/s after it; {noop_cpu}",
+        ),
+    ]
 
 
 def _steady(outcome: Outcome) -> float:
     return outcome.count / outcome.steady_seconds if outcome.steady_seconds else 0.0
 
 
-def _cpu_per_job(outcome: Outcome, idle: Startup | None) -> str:
-    """The worker's CPU and Redis commands per job (the CPU of an idle start and stop taken off)."""
+def _cpu_per_job(outcome: Outcome) -> str:
+    """The worker's CPU (from its first result to its exit) and Redis commands, per job."""
     parts = []
-    if outcome.worker_cpu_s and idle is not None:
-        per_job_ms = (outcome.worker_cpu_s[0] - idle.cpu_s) / outcome.count * 1000
+    if outcome.worker_cpu_s:
+        per_job_ms = (outcome.worker_cpu_s[0] - outcome.startup_cpu_s) / outcome.count * 1000
         parts.append(f"{per_job_ms:.2f} ms worker CPU per job")
     if outcome.redis_commands is not None:
         parts.append(f"{outcome.redis_commands / outcome.count:.1f} Redis commands per job")

@@ -1,5 +1,6 @@
 """The benchmark, in one command: `uv run python -m bench.run [--orders N] [--quick] [--no-readme]`;
-`--soak [--jobs N] [--kills N]` runs the soak instead (bench/soak.py).
+`--soak [--jobs N] [--kills N]` runs the soak instead (bench/soak.py), `--latency [--orders N]`
+interactive latency with and without a batch (bench/latency.py).
 
 Loads the orders with set-based SQL, measures every row of the table in one run (so ratios compare
 figures taken on the same noisy machine minutes apart), prints the table and writes it, with the
@@ -21,11 +22,11 @@ from pathlib import Path
 import uvloop
 
 from bench import drain, measure
-from bench.baselines import seed_approach, sql_limit
+from bench.latency import run_latency
 from bench.measure import Bench, Outcome, open_bench, product_args, say
 from bench.noop_worker import NOOP_FUNCTION
 from bench.processes import exit_on_sigterm, kill_all, warm_bytecode_cache
-from bench.report import RESULTS_DIR, markdown_table, results_section, write_readme
+from bench.report import RESULTS_DIR, Row, results_section, write_readme
 from bench.rows import Results, build_rows
 from bench.soak import run_soak
 from bench.stack import BenchServers, bench_servers, server_versions
@@ -38,19 +39,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--jobs", type=int, help="single jobs per drain run (5,000); with --soak, 100,000"
     )
-    parser.add_argument("--seed-orders", type=int, default=2_000, help="orders for the seed's way")
     parser.add_argument(
         "--quick", action="store_true", help="100,000 orders (or --orders), 1,000 jobs; no README"
     )
     parser.add_argument("--no-readme", action="store_true", help="do not write bench/README.md")
     parser.add_argument("--soak", action="store_true", help="the soak, with replicas killed")
     parser.add_argument("--kills", type=int, default=3, help="with --soak: replicas killed")
+    parser.add_argument("--latency", action="store_true", help="latency, idle and during a batch")
     args = parser.parse_args(argv)
     if args.jobs is None:
         args.jobs = 100_000 if args.soak else 5_000
     if args.quick:
         args.orders, args.jobs, args.no_readme = args.orders or 100_000, 1_000, True
-    args.orders = args.orders or 1_000_000
+    args.orders = args.orders or (300_000 if args.latency else 1_000_000)
     if args.soak and args.jobs < 3:
         parser.error("--jobs must be at least 3")
     return args
@@ -79,7 +80,7 @@ async def measure_all(bench: Bench, args: argparse.Namespace, results: Results) 
     for replicas in (1, 2):
         # The SQL limit again right before each batch: on a noisy machine a ratio is only as good
         # as the closeness in time of its two figures.
-        results.sql_limits[replicas] = await measured("SQL limit", sql_limit(bench))
+        results.sql_limits[replicas] = await measured("SQL limit", measure.sql_limit(bench))
         batch = measure.batch_totals(bench, replicas)
         results.batch[replicas] = await measured(f"totals --all, {replicas} replica(s)", batch)
     results.submit = await measured("CLI submit rate (no worker)", measure.cli_submit(bench))
@@ -90,20 +91,8 @@ async def measure_all(bench: Bench, args: argparse.Namespace, results: Results) 
     # arq tuning of the product's worker, for the bare arq worker it is compared with.
     worker = load_settings().worker
     tuned = ["--poll-delay", str(worker.poll_delay_s), "--max-jobs", str(worker.concurrency)]
-    for key, extra in (("same", tuned), ("defaults", [])):
-        noop = drain.noop_worker_args(*extra)
-        drained = drain.single_jobs(bench, f"noop-{key}", jobs, NOOP_FUNCTION, noop)
-        results.noop[key] = await measured(f"bare arq no-op worker ({key} settings)", drained)
-    for name, worker_args, ready in (
-        ("orderworker", product, drain.product_ready),
-        ("bare arq", drain.noop_worker_args(*tuned), drain.arq_ready),
-    ):
-        say(f"- {name} worker: start until ready, empty queue ...")
-        start = await drain.idle_start(bench, f"start-{name.replace(' ', '-')}", worker_args, ready)
-        results.startup[name] = start
-        say(f"  ready after {start.seconds_to_ready:.2f}s, {start.cpu_s:.2f}s CPU")
-    seed = seed_approach(bench, args.seed_orders)
-    results.seed = await measured(f"seed approach over {args.seed_orders:,} orders", seed)
+    noop = drain.single_jobs(bench, "noop", jobs, NOOP_FUNCTION, drain.noop_worker_args(*tuned))
+    results.noop = await measured("bare arq no-op worker, same tuning", noop)
 
 
 async def measured(what: str, measurement: Awaitable[Outcome]) -> Outcome:
@@ -114,32 +103,42 @@ async def measured(what: str, measurement: Awaitable[Outcome]) -> Outcome:
     return outcome
 
 
-async def measure_run(args: argparse.Namespace, servers: BenchServers, log_dir: Path) -> Results:
+async def measure_run(
+    args: argparse.Namespace, servers: BenchServers, log_dir: Path
+) -> tuple[list[Row], Results]:
     async with open_bench(servers, args.orders, log_dir) as bench:
         versions = await server_versions(bench.engine, servers.redis_url)
         results = Results(orders=bench.orders, versions=versions)
-        await measure_all(bench, args, results)
-    return results
+        if args.latency:
+            rows, ok = await run_latency(bench)
+            results.problems = [] if ok else ["a latency check failed"]
+        else:
+            await measure_all(bench, args, results)
+            rows = build_rows(results, load_settings())
+    return rows, results
 
 
-def report(results: Results, args: argparse.Namespace, private: bool, log_dir: Path) -> int:
-    settings = load_settings()
-    rows = build_rows(results, settings)
-    print(markdown_table(rows))
+def report(rows: list[Row], results: Results, args: argparse.Namespace, private: bool) -> str:
+    """The section for bench/README.md, also printed; written there unless --no-readme."""
+    marker, command = "results", "uv run python -m bench.run"
+    if args.latency:
+        marker, command = "latency", f"{command} --latency --orders {args.orders}"
     section = results_section(
         rows,
         orders=results.orders,
         servers="a private local stack" if private else "the configured servers",
         versions=results.versions,
-        tuning=tuning_of(settings),
+        tuning=tuning_of(load_settings()),
     )
-    (log_dir / "results.md").write_text(section + "\n")
+    if args.latency:
+        section = f"Reproduce with `{command}`.\n\n{section}"
+    print(section)
     if not args.no_readme:
-        write_readme(section)
+        write_readme(section, marker)
         say("bench/README.md updated")
     failed = [row.name for row in rows if row.passed is False]
     say("all targets met" if not failed else "targets missed: " + "; ".join(failed))
-    return 0 if all(outcome.ok for outcome in results.outcomes()) else 1
+    return section
 
 
 def run(argv: list[str] | None = None) -> int:
@@ -156,10 +155,12 @@ def run(argv: list[str] | None = None) -> int:
             bench_servers() as servers,
             asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner,
         ):
-            results = runner.run(measure_run(args, servers, log_dir))
+            rows, results = runner.run(measure_run(args, servers, log_dir))
     finally:
         kill_all()
-    code = report(results, args, servers.private, log_dir)
+    section = report(rows, results, args, servers.private)
+    (log_dir / "results.md").write_text(section + "\n")
+    code = 0 if all(outcome.ok for outcome in results.outcomes()) and not results.problems else 1
     say(f"finished in {time.monotonic() - started:.0f}s; logs and raw output in {log_dir}")
     return code
 
