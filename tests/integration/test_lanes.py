@@ -12,17 +12,19 @@ from typing import Any
 
 import pytest
 from arq.connections import ArqRedis, create_pool
-from arq.constants import job_key_prefix, result_key_prefix
+from arq.constants import job_key_prefix, result_key_prefix, retry_key_prefix
 from redis.asyncio import Redis
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from db.seed import generate_orders
 from jobs.batches import chunked
 from jobs.connection import redis_settings_from_url
-from jobs.lanes import lane_queue, wake_channel
+from jobs.lanes import done_channel, lane_queue, wake_channel
 from jobs.serialization import make_deserializer, serialize
 from tests.conftest import StartWorker, poll_until
 from tests.integration.test_queries import expected_totals, totals_rows
+from tests.integration.test_queue_scripts import next_message
 from worker.replica import OrderWorker
 from worker.settings import Settings, WorkerTuning
 
@@ -156,3 +158,51 @@ async def test_two_replicas_and_a_plain_arq_producer_share_one_queue(
     assert sum(Decimal(chunk["total_sum"]) for chunk in chunks) == sum(expected.values())
     assert dict(await totals_rows(sessionmaker)) == expected
     assert await redis.zcard(queue_name) == await redis.zcard(lane_queue(queue_name, "batch")) == 0
+
+
+async def test_a_retried_batch_job_is_rescored_in_the_batch_lane(
+    seeded: None,
+    settings: Settings,
+    start_worker: StartWorker,
+    redis: Redis,
+    queue_name: str,
+    sessionmaker: Sessions,
+) -> None:
+    batch_lane = lane_queue(queue_name, "batch")
+    job_id = f"{queue_name}:blocked-chunk"
+    await redis.set(job_key_prefix + job_id, envelope("compute_batch_totals", order_ids=[1]))
+    queued_at = now_ms()
+    await redis.zadd(batch_lane, {job_id: queued_at})
+    async with sessionmaker() as session:
+        # The chunk waits on this lock past its timeout: a transient failure, so a retry.
+        await session.execute(text("SELECT id FROM orders WHERE id = 1 FOR UPDATE"))
+        await start_worker(worker=settings.worker.model_copy(update={"job_timeout_s": 0.3}))
+
+        async def retried() -> bool:
+            return int(await redis.get(retry_key_prefix + job_id) or 0) >= 2
+
+        await poll_until(retried, "a second try")
+        # arq's own finish_job would ZINCRBY arq's queue, creating the job there.
+        assert await redis.zscore(queue_name, job_id) is None
+        score = await redis.zscore(batch_lane, job_id)
+        assert score is not None and score > queued_at
+    [result] = (await results(redis, [job_id])).values()
+    assert result["s"] is True and result["t"] >= 2
+    assert await redis.zcard(batch_lane) == await redis.zcard(queue_name) == 0
+
+
+async def test_a_batch_job_arq_fails_before_it_runs_leaves_its_lane_with_a_done_notice(
+    seeded: None, start_worker: StartWorker, redis: Redis, queue_name: str
+) -> None:
+    batch_lane = lane_queue(queue_name, "batch")
+    job_id = f"{queue_name}:worn-out"
+    await redis.set(job_key_prefix + job_id, envelope("compute_batch_totals", order_ids=[1]))
+    await redis.set(retry_key_prefix + job_id, b"5")  # max_tries used up: arq fails it itself
+    async with redis.pubsub() as pubsub:
+        await pubsub.subscribe(done_channel(queue_name))
+        await redis.zadd(batch_lane, {job_id: now_ms()})
+        await start_worker()
+        assert await next_message(pubsub) == job_id.encode()
+    [result] = (await results(redis, [job_id])).values()
+    assert result["s"] is False and result["r"]["code"] == "retries_exhausted"
+    assert await redis.zcard(batch_lane) == 0
