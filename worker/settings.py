@@ -50,7 +50,8 @@ class DatabasePoolSettings(Section):
     statement_cache_size: int = Field(default=100, ge=0)
     connect_timeout_s: float = Field(default=10.0, gt=0)
     # Connections batch sub-chunks may hold at once; the rest stay free for interactive jobs.
-    # None: the pool less a quarter (at least one reserved), all of it for a pool of one.
+    # None: a tenth of the pool, at least one (a pool of one is shared). Batch statements are
+    # CPU-bound in PostgreSQL: a few at once keep its cores busy, more only slow interactive jobs.
     batch_connections: int | None = Field(default=None, ge=1, le=200)
 
     @field_validator("batch_connections")
@@ -62,13 +63,13 @@ class DatabasePoolSettings(Section):
     def batch_connection_count(self) -> int:
         if self.batch_connections is not None:
             return self.batch_connections
-        pool = self.pool_size + self.max_overflow
-        return max(1, pool - max(1, pool // 4))
+        return max(1, (self.pool_size + self.max_overflow) // 10)
 
 
 class WorkerTuning(Section):
     concurrency: int = Field(default=20, ge=1, le=1000)
-    poll_delay_s: float = Field(default=0.05, gt=0, le=10)
+    # The longest an idle replica waits before it looks again without a wake-up.
+    poll_delay_s: float = Field(default=0.1, gt=0, le=10)
     job_timeout_s: float = Field(default=10.0, gt=0, le=600)
     max_tries: int = Field(default=5, ge=1, le=100)
     retry_base_delay_s: float = Field(default=0.5, gt=0)
@@ -78,7 +79,8 @@ class WorkerTuning(Section):
     keep_result_s: int = Field(default=3600, ge=1)
     max_payload_bytes: int = Field(default=1_048_576, ge=1024)
     # Of `concurrency`, how many slots batch jobs may take at once; interactive jobs use any.
-    # None: half of them, at least one (with a concurrency of 1 the one slot is shared).
+    # None: a tenth of them, at least one (with a concurrency of 1 the one slot is shared, and
+    # each claim takes interactive jobs first).
     batch_slots: int | None = Field(default=None, ge=1, le=1000)
 
     @field_validator("batch_slots")
@@ -89,7 +91,7 @@ class WorkerTuning(Section):
     def batch_slot_count(self) -> int:
         if self.batch_slots is not None:
             return self.batch_slots
-        return max(1, self.concurrency // 2)
+        return max(1, self.concurrency // 10)
 
 
 class TotalsSettings(Section):
