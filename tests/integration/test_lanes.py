@@ -25,7 +25,6 @@ from jobs.serialization import make_deserializer, serialize
 from tests.conftest import StartWorker, poll_until
 from tests.integration.test_queries import expected_totals, totals_rows
 from tests.integration.test_queue_scripts import next_message
-from worker.replica import OrderWorker
 from worker.settings import Settings, WorkerTuning
 
 Sessions = async_sessionmaker[AsyncSession]
@@ -83,38 +82,39 @@ def polling_every(settings: Settings, poll_delay_s: float) -> WorkerTuning:
     return settings.worker.model_copy(update={"poll_delay_s": poll_delay_s})
 
 
-async def wait_until_idle(worker: OrderWorker) -> None:
+async def served_after(
+    settings: Settings, start_worker: StartWorker, redis: Redis, poll_delay_s: float, wake: bool
+) -> float:
+    """Seconds from enqueueing a job to its result, on an idle replica polling every
+    `poll_delay_s`; with `wake`, the producer publishes a wake-up after the enqueue."""
+    worker = await start_worker(worker=polling_every(settings, poll_delay_s))
     await poll_until(lambda: worker.wakeups.subscribed, "wake-up subscription")
+    queue_name = settings.queue_name
+    job_id = f"{queue_name}:served"
+    await redis.set(job_key_prefix + job_id, envelope("compute_order_total", order_id=1))
+    started = time.monotonic()
+    await redis.zadd(queue_name, {job_id: now_ms()})
+    if wake:
+        await redis.publish(wake_channel(queue_name), "1")
+    [result] = (await results(redis, [job_id])).values()
+    assert result["s"] is True
+    return time.monotonic() - started
 
 
 async def test_a_producer_that_sends_no_wake_up_is_served_within_the_poll_delay(
-    seeded: None, settings: Settings, start_worker: StartWorker, redis: Redis, queue_name: str
+    seeded: None, settings: Settings, start_worker: StartWorker, redis: Redis
 ) -> None:
     poll_delay_s = 0.5
-    worker = await start_worker(worker=polling_every(settings, poll_delay_s))
-    await wait_until_idle(worker)
-    job_id = f"{queue_name}:no-wake"
-    await redis.set(job_key_prefix + job_id, envelope("compute_order_total", order_id=1))
-    started = time.monotonic()
-    await redis.zadd(queue_name, {job_id: now_ms()})
-    [result] = (await results(redis, [job_id])).values()
-    assert result["s"] is True
-    assert time.monotonic() - started < poll_delay_s + MARGIN_S
+    waited_s = await served_after(settings, start_worker, redis, poll_delay_s, wake=False)
+    assert waited_s < poll_delay_s + MARGIN_S
 
 
 async def test_a_wake_up_ends_the_wait_long_before_the_poll_delay(
-    seeded: None, settings: Settings, start_worker: StartWorker, redis: Redis, queue_name: str
+    seeded: None, settings: Settings, start_worker: StartWorker, redis: Redis
 ) -> None:
     poll_delay_s = 8.0
-    worker = await start_worker(worker=polling_every(settings, poll_delay_s))
-    await wait_until_idle(worker)
-    job_id = f"{queue_name}:woken"
-    await redis.set(job_key_prefix + job_id, envelope("compute_order_total", order_id=1))
-    started = time.monotonic()
-    await redis.zadd(queue_name, {job_id: now_ms()})
-    await redis.publish(wake_channel(queue_name), "1")
-    await results(redis, [job_id])
-    assert time.monotonic() - started < poll_delay_s / 4
+    waited_s = await served_after(settings, start_worker, redis, poll_delay_s, wake=True)
+    assert waited_s < poll_delay_s / 4
 
 
 @pytest.fixture

@@ -3,22 +3,14 @@ whole refused in one line naming the setting, however the total was set."""
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
 from pydantic import SecretStr
 
+from tests.unit.test_settings import clean_environment
 from worker.replica import OrderWorker, StartupError
 from worker.settings import Settings, SettingsError, load_settings
 
-
-@pytest.fixture(autouse=True)
-def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for name in list(os.environ):
-        if name.startswith("ORDERWORKER_"):
-            monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)
+__all__ = ["clean_environment"]  # autouse: no ORDERWORKER_* variable from outside
 
 
 @pytest.mark.parametrize(("concurrency", "batch_slots"), [(1, 1), (2, 1), (20, 2), (100, 10)])
@@ -48,28 +40,32 @@ def test_explicit_shares_are_kept(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.database.batch_connection_count() == 7
 
 
-def test_more_batch_slots_than_slots_is_one_line_naming_the_setting(
-    monkeypatch: pytest.MonkeyPatch,
+TOO_LARGE = {
+    "slots": (
+        {"ORDERWORKER_WORKER__CONCURRENCY": "2", "ORDERWORKER_WORKER__BATCH_SLOTS": "3"},
+        "invalid setting ORDERWORKER_WORKER__BATCH_SLOTS:",
+        "must not exceed worker.concurrency (2)",
+    ),
+    "connections": (
+        {"ORDERWORKER_DATABASE__POOL_SIZE": "4", "ORDERWORKER_DATABASE__BATCH_CONNECTIONS": "5"},
+        "invalid setting ORDERWORKER_DATABASE__BATCH_CONNECTIONS:",
+        "must not exceed database.pool_size + database.max_overflow (4)",
+    ),
+}
+
+
+@pytest.mark.parametrize(("env", "start", "reason"), TOO_LARGE.values(), ids=TOO_LARGE.keys())
+def test_a_share_larger_than_its_whole_is_one_line_naming_the_setting(
+    env: dict[str, str], start: str, reason: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("ORDERWORKER_WORKER__CONCURRENCY", "2")
-    monkeypatch.setenv("ORDERWORKER_WORKER__BATCH_SLOTS", "3")
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
     with pytest.raises(SettingsError) as caught:
         load_settings()
     message = str(caught.value)
     assert "\n" not in message
-    assert message.startswith("invalid setting ORDERWORKER_WORKER__BATCH_SLOTS:")
-    assert "must not exceed worker.concurrency (2)" in message
-
-
-def test_more_batch_connections_than_the_pool_is_one_line_naming_the_setting(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setenv("ORDERWORKER_DATABASE__POOL_SIZE", "4")
-    monkeypatch.setenv("ORDERWORKER_DATABASE__BATCH_CONNECTIONS", "5")
-    with pytest.raises(SettingsError) as caught:
-        load_settings()
-    assert str(caught.value).startswith("invalid setting ORDERWORKER_DATABASE__BATCH_CONNECTIONS:")
-    assert "(4)" in str(caught.value)
+    assert message.startswith(start)
+    assert reason in message
 
 
 def test_a_concurrency_lowered_after_loading_is_checked_when_the_replica_starts() -> None:
