@@ -68,7 +68,8 @@ def test_a_share_larger_than_its_whole_is_one_line_naming_the_setting(
     assert reason in message
 
 
-def test_a_concurrency_lowered_after_loading_is_checked_when_the_replica_starts() -> None:
+async def test_a_concurrency_lowered_after_loading_is_checked_when_the_replica_starts() -> None:
+    # Async: arq's Worker takes the running loop (a sync test would leave a new one unclosed).
     # `orderworker worker --concurrency N` replaces the concurrency of validated settings.
     settings = Settings(
         database_url=SecretStr("postgresql+asyncpg://db.example/orders"),
