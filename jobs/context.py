@@ -35,6 +35,9 @@ class WorkerContext(TypedDict):
     single_statement_sessionmaker: async_sessionmaker[AsyncSession]
     # Bounds concurrent database work across all jobs of this replica to the pool's size.
     db_slots: asyncio.Semaphore
+    # Bounds the database work of batch sub-chunks (taken before db_slots) below the pool's
+    # size, so an interactive job never waits for a connection behind a whole batch.
+    batch_db_slots: asyncio.Semaphore
     policy: JobPolicy
     dead_letters: DeadLetterRecorder
 

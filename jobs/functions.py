@@ -81,7 +81,11 @@ async def compute_batch_totals(
 
 async def _upsert_subchunk(ctx: JobContext, order_ids: Sequence[int]) -> totals.TotalsOutcome:
     # Its own session (never shared between tasks); one statement, so its own transaction.
-    async with ctx["db_slots"], ctx["single_statement_sessionmaker"]() as session:
+    async with (
+        ctx["batch_db_slots"],
+        ctx["db_slots"],
+        ctx["single_statement_sessionmaker"]() as session,
+    ):
         return await totals.upsert_totals(session, order_ids)
 
 

@@ -30,6 +30,7 @@ from db.migrate import upgrade_to_head
 from db.seed import load_sample
 from jobs.client import OrderClient
 from jobs.connection import redis_settings_from_url
+from jobs.lanes import lane_queue
 from worker.harness.databases import (
     admin_execute,
     create_database,
@@ -274,3 +275,10 @@ def worker_processes(settings: Settings) -> Iterator[Callable[..., subprocess.Po
         if process.poll() is None:
             process.kill()
         process.communicate(timeout=DEADLINE_S)
+
+
+async def queued_ids(redis: Redis, queue_name: str) -> set[str]:
+    """Jobs waiting or running in either lane (a batch chunk may be in arq's queue until a
+    replica moves it to the batch lane)."""
+    lanes = [lane_queue(queue_name, "interactive"), lane_queue(queue_name, "batch")]
+    return {job_id.decode() for lane in lanes for job_id in await redis.zrange(lane, 0, -1)}

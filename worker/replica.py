@@ -23,7 +23,7 @@ from jobs.serialization import make_deserializer
 from worker.arq_seam.backoff import MAX_RECONNECT_DELAY_S
 from worker.arq_seam.dead_letters import DeadLetters
 from worker.arq_seam.worker import SeamWorker
-from worker.settings import Settings
+from worker.settings import Settings, at_most
 
 __all__ = [
     "MAX_RECONNECT_DELAY_S",
@@ -49,6 +49,7 @@ class OrderWorker(SeamWorker):
             functions=registry(tuning.job_timeout_s, tuning.max_tries),
             replica_id=f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}",
             shutdown_grace_s=tuning.shutdown_grace_s,
+            batch_slots=_batch_slots(settings),
             queue_name=settings.queue_name,
             redis_settings=redis_settings_from_url(settings.redis_dsn()),
             poll_delay=tuning.poll_delay_s,
@@ -81,6 +82,7 @@ class OrderWorker(SeamWorker):
             replica_id=self.replica_id,
             queue=self.queue_name,
             concurrency=self.max_jobs,
+            batch_slots=self.intake.batch_slots,
             redis=redacted(self.redis_settings) if self.redis_settings else "shared pool",
         )
 
@@ -99,6 +101,7 @@ class OrderWorker(SeamWorker):
                 engine.execution_options(isolation_level="AUTOCOMMIT")
             ),
             db_slots=db_slots,
+            batch_db_slots=asyncio.Semaphore(database.batch_connection_count()),
             policy=JobPolicy(
                 job_timeout_s=tuning.job_timeout_s,
                 max_tries=tuning.max_tries,
@@ -132,6 +135,16 @@ class OrderWorker(SeamWorker):
         engine = ctx.get("engine")
         if engine is not None:  # absent when startup failed
             await engine.dispose()
+
+
+def _batch_slots(settings: Settings) -> int:
+    # `--concurrency` replaces the concurrency after validation: check the pair again.
+    tuning = settings.worker
+    try:
+        at_most(tuning.batch_slots, tuning.concurrency, "worker.concurrency")
+    except ValueError as error:
+        raise StartupError(f"invalid setting ORDERWORKER_WORKER__BATCH_SLOTS: {error}") from None
+    return tuning.batch_slot_count()
 
 
 async def run_replica(settings: Settings, *, burst: bool = False) -> None:

@@ -6,7 +6,15 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -22,6 +30,13 @@ SETTINGS_FILE_VARIABLE = "ORDERWORKER_SETTINGS_FILE"
 DEFAULT_SETTINGS_FILE = "settings.toml"
 
 
+def at_most(value: int | None, limit: int, limit_name: str) -> int | None:
+    """A share of a resource no larger than the resource; the message names the limit."""
+    if value is not None and value > limit:
+        raise ValueError(f"must not exceed {limit_name} ({limit})")
+    return value
+
+
 class Section(BaseModel):
     # A misspelt key in settings.toml or the environment is an error, not a silent default.
     model_config = ConfigDict(extra="forbid")
@@ -34,11 +49,27 @@ class DatabasePoolSettings(Section):
     # PgBouncer in transaction mode cannot keep server-side prepared statements: set to 0 there.
     statement_cache_size: int = Field(default=100, ge=0)
     connect_timeout_s: float = Field(default=10.0, gt=0)
+    # Connections batch sub-chunks may hold at once; the rest stay free for interactive jobs.
+    # None: a tenth of the pool, at least one (a pool of one is shared). Batch statements are
+    # CPU-bound in PostgreSQL: a few at once keep its cores busy, more only slow interactive jobs.
+    batch_connections: int | None = Field(default=None, ge=1, le=200)
+
+    @field_validator("batch_connections")
+    @classmethod
+    def _within_pool(cls, value: int | None, info: ValidationInfo) -> int | None:
+        pool = info.data.get("pool_size", 1) + info.data.get("max_overflow", 0)
+        return at_most(value, pool, "database.pool_size + database.max_overflow")
+
+    def batch_connection_count(self) -> int:
+        if self.batch_connections is not None:
+            return self.batch_connections
+        return max(1, (self.pool_size + self.max_overflow) // 10)
 
 
 class WorkerTuning(Section):
     concurrency: int = Field(default=20, ge=1, le=1000)
-    poll_delay_s: float = Field(default=0.05, gt=0, le=10)
+    # The longest an idle replica waits before it looks again without a wake-up.
+    poll_delay_s: float = Field(default=0.1, gt=0, le=10)
     job_timeout_s: float = Field(default=10.0, gt=0, le=600)
     max_tries: int = Field(default=5, ge=1, le=100)
     retry_base_delay_s: float = Field(default=0.5, gt=0)
@@ -47,6 +78,20 @@ class WorkerTuning(Section):
     shutdown_grace_s: float = Field(default=25.0, ge=0)
     keep_result_s: int = Field(default=3600, ge=1)
     max_payload_bytes: int = Field(default=1_048_576, ge=1024)
+    # Of `concurrency`, how many slots batch jobs may take at once; interactive jobs use any.
+    # None: a tenth of them, at least one (with a concurrency of 1 the one slot is shared, and
+    # each claim takes interactive jobs first).
+    batch_slots: int | None = Field(default=None, ge=1, le=1000)
+
+    @field_validator("batch_slots")
+    @classmethod
+    def _within_concurrency(cls, value: int | None, info: ValidationInfo) -> int | None:
+        return at_most(value, info.data.get("concurrency", 1), "worker.concurrency")
+
+    def batch_slot_count(self) -> int:
+        if self.batch_slots is not None:
+            return self.batch_slots
+        return max(1, self.concurrency // 10)
 
 
 class TotalsSettings(Section):

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from tests.conftest import poll_until
+from tests.conftest import poll_until, queued_ids
 from tests.faults.conftest import (
     BATCH_DEADLINE_S,
     CHUNK_SIZE,
@@ -51,6 +51,8 @@ async def _replicas(scenario: FaultScenario, concurrency: int) -> list[Replica]:
     env = {
         "ORDERWORKER_WORKER__CONCURRENCY": str(concurrency),
         "ORDERWORKER_DATABASE__POOL_SIZE": str(concurrency),
+        "ORDERWORKER_WORKER__BATCH_SLOTS": str(concurrency),
+        "ORDERWORKER_DATABASE__BATCH_CONNECTIONS": str(concurrency),
     }
     return list(await asyncio.gather(scenario.spawn(**env), scenario.spawn(**env)))
 
@@ -60,7 +62,7 @@ async def _stall_mid_batch(
 ) -> MidBatch:
     stalled = await scenario.stall(locked=2 * concurrency)
     client = scenario.client
-    queued = {job_id.decode() for job_id in await client.redis.zrange(client.queue_name, 0, -1)}
+    queued = await queued_ids(client.redis, client.queue_name)
     assert len(queued) > 2 * concurrency  # chunks not yet started, besides the blocked ones
     return MidBatch(scenario, concurrency, workers, stalled, queued)
 

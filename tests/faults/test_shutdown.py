@@ -9,7 +9,7 @@ import time
 import pytest
 from arq.constants import in_progress_key_prefix, retry_key_prefix
 
-from tests.conftest import poll_until
+from tests.conftest import poll_until, queued_ids
 from tests.faults.conftest import (
     CHUNK_SIZE,
     CONCURRENCY,
@@ -38,7 +38,7 @@ async def test_sigterm_finishes_in_flight_jobs_takes_no_new_ones_and_exits_0(
     draining = await scenario.spawn(ORDERWORKER_WORKER__SHUTDOWN_GRACE_S=str(GRACE_S), **SLOW_JOBS)
     stalled = await scenario.stall(locked=CONCURRENCY)
     queue = scenario.client.queue_name
-    queued_at_stop = await scenario.client.redis.zcard(queue)
+    queued_at_stop = len(await queued_ids(scenario.client.redis, queue))
     assert queued_at_stop > CONCURRENCY  # jobs still waiting besides the blocked ones
 
     draining.process.send_signal(signal.SIGTERM)
@@ -58,7 +58,7 @@ async def test_sigterm_finishes_in_flight_jobs_takes_no_new_ones_and_exits_0(
     finished_while_draining = events[events.index("worker.draining") :].count("job.done")
     assert finished_while_draining == CONCURRENCY
     # It took nothing new: exactly the in-flight chunks left the queue.
-    assert await scenario.client.redis.zcard(queue) == queued_at_stop - CONCURRENCY
+    assert len(await queued_ids(scenario.client.redis, queue)) == queued_at_stop - CONCURRENCY
     expected_totals = stalled.totals_at_stall + CONCURRENCY * CHUNK_SIZE
     assert await count_totals(scenario.engine) == expected_totals
 
@@ -92,7 +92,7 @@ async def test_a_job_cut_off_by_the_grace_period_is_requeued_without_using_a_try
     assert drained["requeued"] == 1
     assert await redis.get(retry_key_prefix + job_id) == b"0"  # the try was given back
     assert not await redis.exists(in_progress_key_prefix + job_id)
-    assert await redis.zscore(scenario.client.queue_name, job_id) is not None  # still queued
+    assert job_id in await queued_ids(redis, scenario.client.queue_name)  # still queued
 
     await stalled.release()
     successor = await scenario.spawn()

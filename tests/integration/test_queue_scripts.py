@@ -1,8 +1,11 @@
-"""The claim and finish scripts on a real Redis: arq's keys and rules, one command each."""
+"""The claim and finish scripts on a real Redis: arq's keys and rules, one command each, and
+the lanes: batch jobs moved out of arq's queue, batch slots, done notices."""
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Awaitable
 
 from arq.constants import (
     abort_jobs_ss,
@@ -12,7 +15,11 @@ from arq.constants import (
     retry_key_prefix,
 )
 from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
 
+from jobs.lanes import done_channel, lane_queue
+from jobs.serialization import serialize
+from worker.arq_seam.lane_claims import LaneClaim, LaneClaims
 from worker.arq_seam.scripts import QueueScripts
 
 TTL_MS = 15_000
@@ -27,41 +34,97 @@ def named(queue_name: str, *names: str) -> list[str]:
     return [f"{queue_name}:{name}" for name in names]
 
 
-async def test_claims_due_jobs_in_order_up_to_the_number_wanted(
-    redis: Redis, queue_name: str
-) -> None:
+def claim(
+    claims: LaneClaims, now: int, *, free: int = 5, batch_free: int = 5, read_limit: int = 100
+) -> Awaitable[LaneClaim]:
+    return claims.claim(
+        free=free,
+        batch_free=batch_free,
+        read_limit=read_limit,
+        now_ms=now,
+        in_progress_ttl_ms=TTL_MS,
+    )
+
+
+async def test_claims_due_jobs_in_order_up_to_the_free_slots(redis: Redis, queue_name: str) -> None:
     now = int(time.time() * 1000)
     a, b, c = named(queue_name, "a", "b", "c")
     await queue_jobs(redis, queue_name, {a: now - 3, b: now - 2, c: now - 1})
-    scripts = QueueScripts(redis, queue_name)
-    claimed = await scripts.claim(
-        [a.encode(), b.encode(), c.encode()], wanted=2, now_ms=now, in_progress_ttl_ms=TTL_MS
-    )
-    assert claimed.jobs == [(a, now - 3), (b, now - 2)]
-    assert claimed.examined == 2  # c is left for the next call
+    claimed = await claim(LaneClaims(redis, queue_name), now, free=2)
+    assert claimed.interactive == [(a, now - 3), (b, now - 2)]
+    assert claimed.batch == []
     for job_id in (a, b):
         ttl = await redis.pttl(in_progress_key_prefix + job_id)
         assert 0 < ttl <= TTL_MS
-    assert not await redis.exists(in_progress_key_prefix + c)
+    assert not await redis.exists(in_progress_key_prefix + c)  # left for the next claim
 
 
 async def test_skips_jobs_running_elsewhere_deferred_or_no_longer_queued(
     redis: Redis, queue_name: str
 ) -> None:
     now = int(time.time() * 1000)
-    running, gone, deferred, due = named(queue_name, "running", "gone", "deferred", "due")
+    running, deferred, due = named(queue_name, "running", "deferred", "due")
     await queue_jobs(redis, queue_name, {running: now, deferred: now + 60_000, due: now})
     await redis.set(in_progress_key_prefix + running, b"1", px=TTL_MS)
-    scripts = QueueScripts(redis, queue_name)
-    ids = [job_id.encode() for job_id in (running, gone, deferred, due)]
-    claimed = await scripts.claim(ids, wanted=5, now_ms=now, in_progress_ttl_ms=TTL_MS)
-    assert claimed.jobs == [(due, now)]
-    assert claimed.examined == len(ids)
+    claims = LaneClaims(redis, queue_name)
+    claimed = await claim(claims, now)
+    assert claimed.interactive == [(due, now)]
     assert not await redis.exists(in_progress_key_prefix + deferred)
-    assert not await redis.exists(in_progress_key_prefix + gone)
-    # Claimed once: a second replica asking for the same ids gets nothing.
-    again = await scripts.claim(ids, wanted=5, now_ms=now, in_progress_ttl_ms=TTL_MS)
-    assert again.jobs == []
+    # Claimed once: a second replica claiming at the same time gets nothing.
+    again = await claim(claims, now)
+    assert again.jobs() == []
+
+
+async def test_moves_batch_jobs_to_their_lane_and_claims_within_the_batch_slots(
+    redis: Redis, queue_name: str
+) -> None:
+    now = int(time.time() * 1000)
+    batch_lane = lane_queue(queue_name, "batch")
+    raw, queued, interactive, broken, missing = named(
+        queue_name, "raw", "queued", "interactive", "broken", "missing"
+    )
+    await queue_jobs(redis, queue_name, {raw: now - 5, interactive: now - 4, broken: now - 3})
+    await queue_jobs(redis, queue_name, {missing: now - 2})
+    await queue_jobs(redis, batch_lane, {queued: now - 9})
+    for job_id in (raw, queued):
+        await redis.set(job_key_prefix + job_id, envelope("compute_batch_totals"), px=TTL_MS)
+    await redis.set(job_key_prefix + interactive, envelope("place_order"), px=TTL_MS)
+    await redis.set(job_key_prefix + broken, b"compute_batch_totals{", px=TTL_MS)
+    claimed = await claim(LaneClaims(redis, queue_name), now, free=5, batch_free=1)
+    # Undecodable or missing envelopes are interactive: arq's run_job fails them as always.
+    assert claimed.interactive == [(interactive, now - 4), (broken, now - 3), (missing, now - 2)]
+    assert claimed.batch == [(queued, now - 9)]  # one batch slot: the earliest batch job
+    assert await redis.zscore(queue_name, raw) is None
+    assert await redis.zscore(batch_lane, raw) == now - 5  # moved with its score, not claimed
+    assert not await redis.exists(in_progress_key_prefix + raw)
+    await redis.delete(*(job_key_prefix + job_id for job_id in (raw, queued, interactive, broken)))
+
+
+async def test_a_batch_job_running_elsewhere_is_not_moved(redis: Redis, queue_name: str) -> None:
+    now = int(time.time() * 1000)
+    (running,) = named(queue_name, "running")
+    await queue_jobs(redis, queue_name, {running: now})
+    await redis.set(job_key_prefix + running, envelope("compute_batch_totals"), px=TTL_MS)
+    await redis.set(in_progress_key_prefix + running, b"1", px=TTL_MS)
+    claimed = await claim(LaneClaims(redis, queue_name), now)
+    assert claimed.jobs() == []
+    # A plain arq worker runs it: its finish removes it from arq's queue, where it still is.
+    assert await redis.zscore(queue_name, running) == now
+    await redis.delete(job_key_prefix + running, in_progress_key_prefix + running)
+
+
+async def next_message(pubsub: PubSub, timeout_s: float = 5.0) -> bytes | None:
+    """The next message's data; the subscription's own confirmation is skipped."""
+    async with asyncio.timeout(timeout_s):
+        while True:
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=timeout_s)
+            if message is not None:
+                data: bytes = message["data"]
+                return data
+
+
+def envelope(function: str) -> bytes:
+    return serialize({"t": 1, "f": function, "a": [], "k": {"order_ids": [1]}, "et": 1})
 
 
 async def test_finish_stores_the_result_and_removes_the_job_as_arq_does(
@@ -74,13 +137,30 @@ async def test_finish_stores_the_result_and_removes_the_job_as_arq_does(
     await redis.set(in_progress_key_prefix + job_id, b"1")
     await redis.zadd(abort_jobs_ss, {job_id: 1})
     scripts = QueueScripts(redis, queue_name)
-    await scripts.finish(job_id, b'{"s":true}', result_ttl_ms=60_000)
+    async with redis.pubsub() as pubsub:
+        await pubsub.subscribe(done_channel(queue_name))
+        await scripts.finish(job_id, b'{"s":true}', result_ttl_ms=60_000, lane="interactive")
+        notice = await next_message(pubsub)
+    assert notice == job_id.encode()
     assert await redis.get(result_key_prefix + job_id) == b'{"s":true}'
     assert 0 < await redis.pttl(result_key_prefix + job_id) <= 60_000
     for prefix in (job_key_prefix, retry_key_prefix, in_progress_key_prefix):
         assert not await redis.exists(prefix + job_id)
     assert await redis.zrange(queue_name, 0, -1) == [other.encode()]
     assert await redis.zscore(abort_jobs_ss, job_id) is None
-    await scripts.finish(kept, b"{}", result_ttl_ms=None)
+    await scripts.finish(kept, b"{}", result_ttl_ms=None, lane="interactive")
     assert await redis.pttl(result_key_prefix + kept) == -1  # kept forever
     await redis.delete(result_key_prefix + job_id, result_key_prefix + kept)
+
+
+async def test_finish_removes_a_batch_job_from_the_batch_lane(
+    redis: Redis, queue_name: str
+) -> None:
+    batch_lane = lane_queue(queue_name, "batch")
+    job_id, other = named(queue_name, "finished", "other")
+    await queue_jobs(redis, batch_lane, {job_id: 1, other: 2})
+    await redis.set(in_progress_key_prefix + job_id, b"1")
+    await QueueScripts(redis, queue_name).finish(job_id, b"{}", result_ttl_ms=60_000, lane="batch")
+    assert await redis.zrange(batch_lane, 0, -1) == [other.encode()]
+    assert not await redis.exists(in_progress_key_prefix + job_id)
+    await redis.delete(result_key_prefix + job_id)

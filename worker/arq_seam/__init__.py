@@ -3,11 +3,15 @@
 `SeamWorker` (worker.py) is arq's `Worker` with these overrides, each delegating to a small
 collaborator that says which arq code it mirrors:
 
-- taking jobs (intake.py): `start_jobs` claims a batch with one script and waits for a free slot;
-  `_poll_iteration` (private) waits for a slot before arq polls;
-- Redis outages (backoff.py): `_poll_iteration` backs off instead of dying;
+- the poll loop (polling.py): `main` and `_poll_iteration` (private) read and claim both lanes
+  with one script (lane_claims.py), then wait for a wake-up (wakeups.py), a freed slot or the
+  poll delay instead of sleeping;
+- slots per lane (intake.py): arq's `max_jobs` in all, at most `batch_slots` of them batch jobs;
+- Redis outages (backoff.py): the poll loop and the wake-up listener back off instead of dying;
 - finishing jobs (finishing.py): `finish_job` stores a result with one script; `run_job` outlives
-  a lost Redis; dead letters (dead_letters.py) for failures arq decides itself;
+  a lost Redis; dead letters (dead_letters.py) for failures arq decides itself; retries and
+  failures on the job's own lane, each final result announced on `<queue>:done`
+  (lane_finish.py);
 - heartbeats (heartbeats.py): `record_health` also writes a per-replica key; `close` removes it;
 - the drain (drain.py): SIGTERM stops claims, waits, cuts off and requeues without using a try;
 - arq's wording (wording.py): the texts of `JobExecutionFailed` and of arq's failure log line.

@@ -1,7 +1,8 @@
 """Redis outages: back off and carry on instead of dying on the first error.
 
 arq 0.28.0 `Worker.main` lets any error of `_poll_iteration` end the worker; a replica waits out a
-Redis restart instead, with jittered exponential backoff.
+Redis restart instead, with jittered exponential backoff. The wake-up listener (wakeups.py) uses
+the same backoff, under log events of its own.
 """
 
 from __future__ import annotations
@@ -20,8 +21,15 @@ MAX_RECONNECT_DELAY_S = 10.0
 
 
 class RedisBackoff:
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        *,
+        unavailable: str = "worker.redis_unavailable",
+        recovered: str = "worker.redis_recovered",
+    ) -> None:
         self.failures = 0
+        self._unavailable = unavailable
+        self._recovered = recovered
 
     async def run(self, iteration: Callable[[], Awaitable[None]]) -> None:
         try:
@@ -30,13 +38,17 @@ class RedisBackoff:
             self.failures += 1
             delay = random.uniform(0, min(MAX_RECONNECT_DELAY_S, 0.2 * 2**self.failures))
             log.warning(
-                "worker.redis_unavailable",
+                self._unavailable,
                 error=f"{type(error).__name__}: {error}",
                 failures=self.failures,
                 retry_in_s=round(delay, 2),
             )
             await asyncio.sleep(delay)
         else:
-            if self.failures:
-                log.info("worker.redis_recovered", after_failures=self.failures)
-            self.failures = 0
+            self.succeeded()
+
+    def succeeded(self) -> None:
+        """Redis answered: the next outage starts from the shortest delay again."""
+        if self.failures:
+            log.info(self._recovered, after_failures=self.failures)
+        self.failures = 0

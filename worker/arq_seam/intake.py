@@ -1,7 +1,9 @@
-"""Taking jobs: claim a batch with one script, and wait for a free slot instead of sleeping.
+"""Taking jobs: slots per lane, one claim script a poll, and waiting for news instead of sleeping.
 
-Mirrors arq 0.28.0 `Worker.start_jobs` (its checks and keys, see scripts.py) and
-`Worker._release_sem_dec_counter_on_complete` (the bookkeeping when a job's task ends).
+Mirrors arq 0.28.0 `Worker.start_jobs` (its semaphore and counter; the claim itself is
+lane_claims.py) and `Worker._release_sem_dec_counter_on_complete` (the bookkeeping when a job's
+task ends). arq's `max_jobs` stays the total; at most `batch_slots` of them run batch jobs, so
+interactive jobs always find a slot once one frees.
 """
 
 from __future__ import annotations
@@ -13,13 +15,19 @@ from typing import Any
 from arq.utils import timestamp_ms
 from arq.worker import Worker
 
+from jobs.lanes import Lane
+from worker.arq_seam.lane_claims import LaneClaims
 from worker.arq_seam.scripts import QueueScripts
 
 
 class Intake:
-    def __init__(self, worker: Worker) -> None:
+    def __init__(self, worker: Worker, batch_slots: int) -> None:
         self.worker = worker
+        self.batch_slots = batch_slots
+        self.lanes: dict[str, Lane] = {}  # the lane of each job this replica is running
+        self.batch_running = 0
         self._slot_freed = asyncio.Event()
+        self._news = asyncio.Event()  # a slot freed or a wake-up: worth another claim
         # Held while a claim is on its way: a drain waits for it before it stops the poll loop,
         # so no claim is ever cut off between Redis setting in-progress keys and us hearing so.
         self.claiming = asyncio.Lock()
@@ -27,57 +35,90 @@ class Intake:
         # off; a cancel in arq's opening transaction could leave its try counted or not.
         self.started: set[str] = set()
 
+    def free_slots(self) -> int:
+        return self.worker.max_jobs - self.worker.job_counter
+
+    def free_batch_slots(self) -> int:
+        return min(self.batch_slots - self.batch_running, self.free_slots())
+
+    def may_take(self) -> bool:
+        return self.worker.allow_pick_jobs and self.free_slots() > 0
+
     async def wait_for_free_slot(self) -> bool:
         """With every slot busy arq sleeps a whole poll period before it looks again, and slots
         sit idle once short jobs end. Wait for the first one to end instead; bounded, so the
         poll loop still beats its heartbeat. True if a slot is free and jobs may be taken (a
         SIGTERM during the wait means no)."""
         worker = self.worker
-        if worker.allow_pick_jobs and worker.job_counter >= worker.max_jobs:
+        if worker.allow_pick_jobs and self.free_slots() <= 0:
             self._slot_freed.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(worker.health_check_interval):
                     await self._slot_freed.wait()
-        return worker.allow_pick_jobs and worker.job_counter < worker.max_jobs
+        return self.may_take()
 
-    async def start_jobs(self, scripts: QueueScripts, job_ids: list[bytes]) -> None:
-        """arq's start_jobs with the claims batched: while ids remain, wait for a free slot, then
-        claim as many ids as there are free slots in one round trip. A Redis error claims
-        nothing, so no slot is taken for a job that never started."""
+    def forget_news(self) -> None:
+        """Called before a claim: what happens during it is news for the wait after it."""
+        self._news.clear()
+
+    async def wait_for_news(self, timeout_s: float) -> None:
+        """After a claim found nothing: until a wake-up, a freed slot or `timeout_s`."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                await self._news.wait()
+
+    def woken(self) -> None:
+        self._news.set()
+
+    async def take(
+        self, claims: LaneClaims, scripts: QueueScripts, read_limit: int, at_most: int | None
+    ) -> int:
+        """Claim up to the free slots of each lane (and `at_most`) in one round trip and start
+        those jobs; how many were claimed. A Redis error claims nothing, so takes no slot."""
         worker = self.worker
-        pending = job_ids
-        while pending and await self.wait_for_free_slot():
-            async with self.claiming:
-                claimed = await scripts.claim(
-                    pending,
-                    wanted=worker.max_jobs - worker.job_counter,
-                    now_ms=timestamp_ms(),
-                    in_progress_ttl_ms=int(worker.in_progress_timeout_s * 1000),
-                )
-                if not worker.allow_pick_jobs:  # a drain began while the claim was on its way
-                    await scripts.release([job_id for job_id, _ in claimed.jobs])
-                    return
-            pending = pending[claimed.examined :]
-            for job_id, score in claimed.jobs:
-                await worker.sem.acquire()  # free at once: only this loop takes slots
-                self._spawn(job_id, score)
+        free = self.free_slots() if at_most is None else min(at_most, self.free_slots())
+        async with self.claiming:
+            claimed = await claims.claim(
+                free=free,
+                batch_free=min(free, self.free_batch_slots()),
+                read_limit=read_limit,
+                now_ms=timestamp_ms(),
+                in_progress_ttl_ms=int(worker.in_progress_timeout_s * 1000),
+            )
+            jobs = claimed.jobs()
+            if not worker.allow_pick_jobs:  # a drain began while the claim was on its way
+                await scripts.release([job_id for job_id, _, _ in jobs])
+                return 0
+        for job_id, score, lane in jobs:
+            await worker.sem.acquire()  # free at once: only this loop takes slots
+            self._spawn(job_id, score, lane)
+        return len(jobs)
 
-    def _spawn(self, job_id: str, score: int) -> None:
+    def _spawn(self, job_id: str, score: int, lane: Lane) -> None:
         worker = self.worker
         worker.job_counter += 1
+        self.lanes[job_id] = lane
+        if lane == "batch":
+            self.batch_running += 1
         task = worker.loop.create_task(worker.run_job(job_id, score))
         task.add_done_callback(lambda _: self._job_ended(job_id))
         worker.tasks[job_id] = task
+
+    def lane_of(self, job_id: str) -> Lane:
+        return self.lanes.get(job_id, "interactive")
 
     def job_started(self, job_id: str) -> None:
         self.started.add(job_id)
 
     def _job_ended(self, job_id: str) -> None:
-        # arq's _release_sem_dec_counter_on_complete, plus a wake-up for wait_for_free_slot.
+        # arq's _release_sem_dec_counter_on_complete, plus a wake-up for the waits above.
         self.started.discard(job_id)
+        if self.lanes.pop(job_id, None) == "batch":
+            self.batch_running -= 1
         self.worker.job_counter -= 1
         self.worker.sem.release()
         self._slot_freed.set()
+        self._news.set()
 
 
 def running_jobs(tasks: dict[str, asyncio.Task[Any]]) -> list[str]:

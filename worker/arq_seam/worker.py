@@ -5,22 +5,30 @@ Each method says which arq 0.28.0 code it mirrors or wraps; `CHECKED_ARQ_VERSION
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import signal
 from typing import Any
 
 import structlog
+from arq.connections import create_pool, log_redis_info
 from arq.utils import to_ms
 from arq.worker import Function, Worker
+from arq.worker import logger as arq_logger
 
 from jobs.connection import REDIS_ERRORS
+from jobs.lanes import lane_queue
 from worker.arq_seam.backoff import RedisBackoff
 from worker.arq_seam.dead_letters import DeadLetters
 from worker.arq_seam.drain import Drain
 from worker.arq_seam.finishing import Finishing
 from worker.arq_seam.heartbeats import Heartbeats
 from worker.arq_seam.intake import Intake
+from worker.arq_seam.lane_claims import LaneClaims
+from worker.arq_seam.lane_finish import LaneFinish
+from worker.arq_seam.polling import Polling
 from worker.arq_seam.scripts import QueueScripts
+from worker.arq_seam.wakeups import Wakeups
 from worker.arq_seam.wording import serialize_job_data
 
 log = structlog.get_logger("orderworker.worker")
@@ -33,6 +41,7 @@ class SeamWorker(Worker):
         functions: list[Function],
         replica_id: str,
         shutdown_grace_s: float,
+        batch_slots: int | None = None,
         **arq_options: Any,
     ) -> None:
         self.finishing = Finishing()
@@ -44,17 +53,31 @@ class SeamWorker(Worker):
             **arq_options,
         )
         self.replica_id = replica_id
-        self.intake = Intake(self)
+        # Without a cap of their own (a worker that runs no batch jobs), batch jobs may fill it.
+        self.intake = Intake(self, self.max_jobs if batch_slots is None else batch_slots)
         self.backoff = RedisBackoff()
         self.heartbeats = Heartbeats(self, replica_id)
         self.drain = Drain(self, self.intake, shutdown_grace_s, lambda: self.scripts)
+        self.polling = Polling(self, self.intake, lambda: self.claims, lambda: self.scripts)
+        self.wakeups = Wakeups(self.queue_name, self.intake.woken)
+        self.lane_finish = LaneFinish(self.queue_name)
         self._scripts: QueueScripts | None = None
+        self._claims: LaneClaims | None = None
 
     @property
     def scripts(self) -> QueueScripts:
         if self._scripts is None:  # the pool exists once arq's main() has started
             self._scripts = QueueScripts(self.pool, self.queue_name)
         return self._scripts
+
+    @property
+    def claims(self) -> LaneClaims:
+        if self._claims is None:  # as scripts: once the pool exists
+            self._claims = LaneClaims(self.pool, self.queue_name)
+        return self._claims
+
+    def lane_queue(self, job_id: str) -> str:
+        return lane_queue(self.queue_name, self.intake.lane_of(job_id))
 
     @property
     def stopping(self) -> bool:
@@ -71,17 +94,36 @@ class SeamWorker(Worker):
         # arq's on_job_start hook: run_job has counted the try and is about to call the job.
         self.intake.job_started(ctx["job_id"])
 
-    # --- Taking jobs; Redis outages ---
+    # --- Taking jobs; wake-ups; Redis outages ---
+
+    async def main(self) -> None:
+        """Replaces Worker.main: arq's startup, then our poll loop (polling.py) with the wake-up
+        listener started, backing off on a Redis error instead of ending main()."""
+        if self._pool is None:
+            self._pool = await create_pool(
+                self.redis_settings,
+                job_deserializer=self.job_deserializer,
+                job_serializer=self.job_serializer,
+                default_queue_name=self.queue_name,
+                expires_extra_ms=self.expires_extra_ms,
+            )
+        arq_logger.info(
+            "Starting worker for %d functions: %s", len(self.functions), ", ".join(self.functions)
+        )
+        await log_redis_info(self.pool, arq_logger.info)
+        self.ctx["redis"] = self.pool
+        if self.on_startup:
+            await self.on_startup(self.ctx)
+        self.wakeups.start(self.pool)
+        while True:
+            await self.backoff.run(self._poll_iteration)
+            if self.burst and await self.polling.burst_done():
+                await asyncio.gather(*self.tasks.values())
+                return
 
     async def _poll_iteration(self) -> None:
-        """Wraps arq's private Worker._poll_iteration (called by Worker.main once per poll):
-        waits for a free slot first, and backs off on a Redis error instead of ending main()."""
-        await self.intake.wait_for_free_slot()
-        await self.backoff.run(super()._poll_iteration)
-
-    async def start_jobs(self, job_ids: list[bytes]) -> None:
-        """Replaces Worker.start_jobs: the same checks, one claim script per batch (intake.py)."""
-        await self.intake.start_jobs(self.scripts, job_ids)
+        """Replaces arq's private Worker._poll_iteration: see polling.py."""
+        await self.polling.iteration()
 
     # --- Finishing jobs ---
 
@@ -108,18 +150,22 @@ class SeamWorker(Worker):
         incr_score: int | None,
         keep_in_progress: float | None,
     ) -> None:
-        """Worker.finish_job, with arq's seven parameters: a job that ran to its end is finished
-        by one script (scripts.py) instead of a six-command transaction; a job arq's own timeout
-        cut off is recorded as a dead letter first."""
+        """Worker.finish_job, with arq's seven parameters, on the job's lane: a job that ran to
+        its end is finished by one script (scripts.py) instead of a six-command transaction;
+        the rest by arq's transaction (lane_finish.py). A job arq's own timeout cut off is
+        recorded as a dead letter first."""
         cut_off = self.finishing.was_cut_off(job_id)
         if finish and result_data:
             if cut_off:
                 await self.finishing.record(job_id, result_data)
             if keep_in_progress is None:  # the usual end of a job (not a cron job)
                 expire = None if keep_result_forever else result_timeout_s
-                await self.scripts.finish(job_id, result_data, to_ms(expire))
+                lane = self.intake.lane_of(job_id)
+                await self.scripts.finish(job_id, result_data, to_ms(expire), lane)
                 return
-        await super().finish_job(
+        await self.lane_finish.finish_job(
+            self.pool,
+            self.lane_queue(job_id),
             job_id,
             finish,
             result_data,
@@ -130,11 +176,18 @@ class SeamWorker(Worker):
         )
 
     async def finish_failed_job(self, job_id: str, result_data: bytes | None) -> None:
-        """Wraps Worker.finish_failed_job (arq's path for jobs it fails before running them):
-        records the dead letter, then lets arq remove the job."""
+        """Worker.finish_failed_job (arq's path for jobs it fails before running them): records
+        the dead letter, then removes the job from its lane as arq does (lane_finish.py)."""
         if result_data is not None:
             await self.finishing.record(job_id, result_data)
-        await super().finish_failed_job(job_id, result_data)
+        await self.lane_finish.finish_failed_job(
+            self.pool,
+            self.lane_queue(job_id),
+            job_id,
+            result_data,
+            self.keep_result_forever,
+            self.keep_result_s,
+        )
 
     # --- Heartbeats; closing ---
 
@@ -148,6 +201,7 @@ class SeamWorker(Worker):
     async def close(self) -> None:
         """Wraps Worker.close: after the drain, and without this replica's heartbeat."""
         await self.drain.finished()
+        await self.wakeups.close()
         if self._pool is not None:  # arq's private pool: None before main() and after close()
             with contextlib.suppress(*REDIS_ERRORS):
                 await self.heartbeats.forget()

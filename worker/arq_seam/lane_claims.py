@@ -1,0 +1,124 @@
+"""Reading both lanes and claiming jobs from them: one script, one round trip a poll.
+
+Replaces arq 0.28.0 `Worker._poll_iteration`'s read (ZRANGEBYSCORE of the due ids, at most
+`queue_read_limit`) and `Worker.start_jobs`' claim (WATCH, EXISTS and ZSCORE, then a PSETEX of
+the in-progress key with arq's TTL; a job running elsewhere, finished or deferred is skipped). The
+script does both for the two lanes of jobs/lanes.py, and moves a batch job a plain arq producer
+wrote into the interactive lane (arq's queue) to the batch lane, with its score, before anyone
+runs it there. A job running elsewhere is never moved: the replica running it removes it from
+the queue it took it from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from arq.constants import in_progress_key_prefix, job_key_prefix
+from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
+
+from jobs.lanes import BATCH_FUNCTIONS, Lane, lane_queue
+
+# KEYS[1]: the interactive lane, KEYS[2]: the batch lane. ARGV: now in ms, the in-progress TTL
+# in ms, free slots, free batch slots, how many due ids to read from each lane, the in-progress
+# and job key prefixes, then the batch function names. Returns {interactive, batch}: each a flat
+# list of job id, score for the jobs claimed.
+CLAIM_SCRIPT = """
+local now, ttl = ARGV[1], ARGV[2]
+local free, batch_free, limit = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local running, envelopes = ARGV[6], ARGV[7]
+local batch_functions = {}
+for i = 8, #ARGV do batch_functions[ARGV[i]] = true end
+
+-- A missing or undecodable envelope is interactive: arq's run_job fails it as it always did.
+local function is_batch(job_id)
+    local envelope = redis.call('GET', envelopes .. job_id)
+    if not envelope then return false end
+    local named = false
+    for name in pairs(batch_functions) do  -- most envelopes are never decoded
+        if string.find(envelope, name, 1, true) then named = true end
+    end
+    if not named then return false end
+    local ok, decoded = pcall(cjson.decode, envelope)
+    return ok and type(decoded) == 'table' and batch_functions[decoded['f']] == true
+end
+
+local function claim(into, job_id, score)
+    redis.call('PSETEX', running .. job_id, ttl, '1')
+    into[#into + 1] = job_id
+    into[#into + 1] = score
+    free = free - 1
+end
+
+local interactive, batch = {}, {}
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'WITHSCORES', 'LIMIT', 0, limit)
+for i = 1, #due, 2 do
+    local job_id, score = due[i], due[i + 1]
+    if redis.call('EXISTS', running .. job_id) == 0 then
+        if is_batch(job_id) then
+            redis.call('ZADD', KEYS[2], score, job_id)
+            redis.call('ZREM', KEYS[1], job_id)
+        elseif free > 0 then
+            claim(interactive, job_id, score)
+        end
+    end
+end
+batch_free = math.min(batch_free, free)
+if batch_free > 0 then
+    due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'WITHSCORES', 'LIMIT', 0, limit)
+    for i = 1, #due, 2 do
+        if batch_free == 0 then break end
+        if redis.call('EXISTS', running .. due[i]) == 0 then
+            claim(batch, due[i], due[i + 1])
+            batch_free = batch_free - 1
+        end
+    end
+end
+return {interactive, batch}
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class LaneClaim:
+    """What one claim took: (job id, queue score) of each job now ours to run, by lane."""
+
+    interactive: list[tuple[str, int]]
+    batch: list[tuple[str, int]]
+
+    def jobs(self) -> list[tuple[str, int, Lane]]:
+        taken: list[tuple[str, int, Lane]] = [(i, s, "interactive") for i, s in self.interactive]
+        return taken + [(job_id, score, "batch") for job_id, score in self.batch]
+
+
+class LaneClaims:
+    def __init__(self, redis: Redis, queue_name: str) -> None:
+        self.lanes = [lane_queue(queue_name, "interactive"), lane_queue(queue_name, "batch")]
+        self._claim: AsyncScript = redis.register_script(CLAIM_SCRIPT)
+
+    async def claim(
+        self, *, free: int, batch_free: int, read_limit: int, now_ms: int, in_progress_ttl_ms: int
+    ) -> LaneClaim:
+        """Claim up to `free` due jobs, of them at most `batch_free` batch jobs; interactive
+        jobs first, each lane in score order."""
+        reply = await self._claim(
+            keys=self.lanes,
+            args=[
+                now_ms,
+                in_progress_ttl_ms,
+                free,
+                batch_free,
+                read_limit,
+                in_progress_key_prefix,
+                job_key_prefix,
+                *sorted(BATCH_FUNCTIONS),
+            ],
+        )
+        interactive, batch = reply
+        return LaneClaim(interactive=_pairs(interactive), batch=_pairs(batch))
+
+
+def _pairs(flat: list[bytes]) -> list[tuple[str, int]]:
+    return [
+        (job_id.decode(), int(float(score)))
+        for job_id, score in zip(flat[::2], flat[1::2], strict=True)
+    ]
