@@ -123,7 +123,9 @@ class BatchRun:
                 await watch.wait(until - now)
                 notified, resync = watch.drain()
                 job_ids = [job_id for job_id in notified if job_id in self._pending]
-                if resync or time.monotonic() >= next_fallback:
+                if resync:
+                    job_ids = list(self._pending)  # resubscribed: notices may have been lost
+                elif time.monotonic() >= next_fallback:
                     # Results stored without a notice: look at the oldest chunks, as they finish
                     # roughly in submission order.
                     job_ids.extend(itertools.islice(self._pending, FALLBACK_WINDOW))

@@ -90,6 +90,8 @@ class DoneNotices:
     async def subscribed(self, timeout_s: float) -> bool:
         """Wait (bounded) for the subscription: once it is up, no later notice is missed."""
         self._start()
+        if self._subscribed.is_set():
+            return True
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._subscribed.wait(), max(0.0, timeout_s))
         return self._subscribed.is_set()

@@ -12,6 +12,7 @@ from arq import ArqRedis
 from arq.constants import result_key_prefix
 from redis.asyncio import Redis
 
+from jobs.batches import FALLBACK_WINDOW, BatchRun, chunk_job_id
 from jobs.client import OrderClient
 from jobs.lanes import done_channel
 from jobs.notices import FALLBACK_READ_S
@@ -81,3 +82,24 @@ async def test_after_resubscribing_a_notice_ends_a_wait_again(
     await redis.set(result_key_prefix + "notified", RESULT)
     await redis.publish(done_channel(queue_name), "notified")
     assert (await asyncio.wait_for(waiting, MARGIN_S)).success
+
+
+async def test_a_batch_reads_every_pending_chunk_after_its_listener_resubscribes(
+    named_client: OrderClient, redis: Redis, client_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("jobs.batches.FALLBACK_READ_S", NEVER_S)  # only the resync can end it
+    run = BatchRun(named_client, batch_id=f"resync-{uuid.uuid4().hex[:8]}")
+    chunks = FALLBACK_WINDOW + 200
+    await run.submit_chunks([[n] for n in range(1, chunks + 1)])
+    seen: list[int] = []
+    waiting = asyncio.create_task(run.wait(lambda summary: seen.append(summary.finished_jobs)))
+    await poll_until(lambda: seen == [0], "the batch's first read")
+    result = result_bytes({"computed": 1, "missing": [], "total_sum": "1.00"})
+    async with redis.pipeline(transaction=False) as pipe:
+        for n in range(chunks):  # stored, but their notices are lost
+            pipe.set(result_key_prefix + chunk_job_id(run.summary.batch_id, n), result)
+        await pipe.execute()
+    [listener] = await listener_ids(redis, client_name)
+    assert await redis.client_kill_filter(_id=listener) == 1
+    await asyncio.wait_for(waiting, MARGIN_S)
+    assert (run.summary.finished_jobs, run.summary.computed) == (chunks, chunks)
