@@ -102,6 +102,7 @@ class DoneNotices:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+            self._subscribed.clear()
 
     def _start(self) -> None:
         if self._task is None:

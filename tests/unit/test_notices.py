@@ -134,9 +134,13 @@ async def test_a_notice_for_another_job_does_not_end_a_wait(
     order_client: OrderClient, fake_redis: ArqRedis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(client, "FALLBACK_READ_S", NEVER_S)
+    reads = count_reads(order_client, monkeypatch)
+    waiting = asyncio.create_task(order_client.wait("mine", timeout_s=1.0))
+    await poll_until(lambda: reads == [1], "the waiter's first read, after subscribing")
+    await finish(fake_redis, "theirs", {"order_id": 9})
     with pytest.raises(TimeoutError, match="job mine did not finish"):
-        waiting = order_client.wait("mine", timeout_s=1.0)
-        await asyncio.gather(waiting, finish(fake_redis, "theirs", {"order_id": 9}))
+        await waiting
+    assert reads == [1, 1]  # read once more at its deadline, never for the other job's notice
 
 
 async def test_wait_falls_back_to_a_read_when_no_notice_comes(
