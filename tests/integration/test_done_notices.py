@@ -18,7 +18,7 @@ from jobs.lanes import done_channel
 from jobs.notices import FALLBACK_READ_S
 from tests.conftest import poll_until
 from tests.unit.conftest import result_bytes
-from tests.unit.test_notices import count_reads
+from tests.unit.test_notices import wait_past_first_read
 
 pytestmark = pytest.mark.integration
 
@@ -76,9 +76,7 @@ async def test_after_resubscribing_a_notice_ends_a_wait_again(
     assert await redis.client_kill_filter(_id=first) == 1
     await poll_until(lambda: named_client.notices.subscriptions == 2, "the listener resubscribed")
     monkeypatch.setattr("jobs.client.FALLBACK_READ_S", NEVER_S)  # only the notice can end it
-    reads = count_reads(named_client, monkeypatch)
-    waiting = asyncio.create_task(named_client.wait("notified", timeout_s=60))
-    await poll_until(lambda: reads == [1], "the waiter's first read")
+    waiting, _ = await wait_past_first_read(named_client, monkeypatch, "notified", 60)
     await redis.set(result_key_prefix + "notified", RESULT)
     await redis.publish(done_channel(queue_name), "notified")
     assert (await asyncio.wait_for(waiting, MARGIN_S)).success

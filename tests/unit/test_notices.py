@@ -56,6 +56,16 @@ def count_reads(order_client: OrderClient, monkeypatch: pytest.MonkeyPatch) -> l
     return reads
 
 
+async def wait_past_first_read(
+    order_client: OrderClient, monkeypatch: pytest.MonkeyPatch, job_id: str, timeout_s: float
+) -> tuple[asyncio.Task[JobOutcome], list[int]]:
+    """A wait that has subscribed and read once (finding nothing): only what follows can end it."""
+    reads = count_reads(order_client, monkeypatch)
+    waiting = asyncio.create_task(order_client.wait(job_id, timeout_s=timeout_s))
+    await poll_until(lambda: reads == [1], "the waiter's first read, after subscribing")
+    return waiting, reads
+
+
 async def test_batch_jobs_go_to_the_batch_lane_and_others_to_the_queue(
     order_client: OrderClient, fake_redis: ArqRedis
 ) -> None:
@@ -122,9 +132,7 @@ async def test_wait_returns_on_the_done_notice(
     order_client: OrderClient, fake_redis: ArqRedis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(client, "FALLBACK_READ_S", NEVER_S)
-    reads = count_reads(order_client, monkeypatch)
-    waiting = asyncio.create_task(order_client.wait("job-1", timeout_s=60))
-    await poll_until(lambda: reads == [1], "the waiter's first read, after subscribing")
+    waiting, _ = await wait_past_first_read(order_client, monkeypatch, "job-1", 60)
     await finish(fake_redis, "job-1", {"order_id": 1, "total": "3.00"})
     outcome = await asyncio.wait_for(waiting, 30)
     assert outcome == JobOutcome("job-1", True, {"order_id": 1, "total": "3.00"})
@@ -134,9 +142,7 @@ async def test_a_notice_for_another_job_does_not_end_a_wait(
     order_client: OrderClient, fake_redis: ArqRedis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(client, "FALLBACK_READ_S", NEVER_S)
-    reads = count_reads(order_client, monkeypatch)
-    waiting = asyncio.create_task(order_client.wait("mine", timeout_s=1.0))
-    await poll_until(lambda: reads == [1], "the waiter's first read, after subscribing")
+    waiting, reads = await wait_past_first_read(order_client, monkeypatch, "mine", 1.0)
     await finish(fake_redis, "theirs", {"order_id": 9})
     with pytest.raises(TimeoutError, match="job mine did not finish"):
         await waiting
@@ -146,9 +152,7 @@ async def test_a_notice_for_another_job_does_not_end_a_wait(
 async def test_wait_falls_back_to_a_read_when_no_notice_comes(
     order_client: OrderClient, fake_redis: ArqRedis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    reads = count_reads(order_client, monkeypatch)
-    waiting = asyncio.create_task(order_client.wait("plain-arq", timeout_s=60))
-    await poll_until(lambda: reads == [1], "the waiter's first read, after subscribing")
+    waiting, _ = await wait_past_first_read(order_client, monkeypatch, "plain-arq", 60)
     await store_result(fake_redis, "plain-arq", {"order_id": 4, "total": "1.00"})  # no notice
     outcome = await asyncio.wait_for(waiting, FALLBACK_READ_S + 10)
     assert outcome.result == {"order_id": 4, "total": "1.00"}
