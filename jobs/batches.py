@@ -3,7 +3,6 @@ their results and sum them up. Shared by `orderworker totals` and `orderworker d
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
@@ -13,10 +12,10 @@ from typing import Any
 
 from jobs.client import JobRequest, OrderClient, new_batch_id
 from jobs.connection import REDIS_ERRORS
+from jobs.notices import FALLBACK_READ_S
 
 ZERO = Decimal("0.00")
-POLL_INTERVAL_S = 0.1
-POLL_WINDOW = 1000  # chunk results read per poll
+FALLBACK_WINDOW = 1000  # oldest chunk results read per fallback read
 ENQUEUE_IDS = 50_000  # order ids buffered per pipelined flush while paging
 
 
@@ -107,36 +106,65 @@ class BatchRun:
         )
 
     async def wait(self, progress: Progress | None = None, timeout_s: float | None = None) -> None:
+        """Until every chunk has a result: read the notified ones, and a fallback window."""
+        if not self._pending:
+            return
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        while self._pending:
-            try:
-                # Chunks finish roughly in submission order: look at the oldest ones only.
-                window = list(itertools.islice(self._pending, POLL_WINDOW))
-                finished = await self.client.outcomes(window)
-            except REDIS_ERRORS:
-                finished = {}  # Redis restarting: the results are still coming, keep polling
-            for job_id, outcome in finished.items():
-                chunk = self._pending.pop(job_id)
-                self.summary.finished_jobs += 1
-                if outcome.success:
-                    self.summary.computed += int(outcome.result["computed"])
-                    self.summary.missing.extend(outcome.result["missing"])
-                    self.summary.total_sum += Decimal(outcome.result["total_sum"])
-                else:
-                    where: dict[str, Any] = (
-                        {"order_ids": chunk} if isinstance(chunk, list) else {"job_id": job_id}
-                    )
-                    self.summary.failed.append({**where, "error": outcome.result})
-            self.summary.elapsed_s = time.monotonic() - self._started
-            if progress is not None:
-                progress(self.summary)
-            if not self._pending:
-                break
-            if deadline is not None and time.monotonic() >= deadline:
-                for job_id in self._pending:
-                    self.summary.failed.append(
-                        {"job_id": job_id, "error": {"code": "timeout", "message": "not finished"}}
-                    )
-                self._pending.clear()
-                break
-            await asyncio.sleep(POLL_INTERVAL_S)
+        notices = self.client.notices
+        with notices.watching(list(self._pending)) as watch:
+            await notices.subscribed(min(FALLBACK_READ_S, timeout_s or FALLBACK_READ_S))
+            watch.drain()
+            # Once subscribed, every result stored earlier is read once; later ones are notified.
+            await self._read(list(self._pending))
+            next_fallback = time.monotonic() + FALLBACK_READ_S
+            while self._report(progress) and not self._timed_out(deadline):
+                now = time.monotonic()
+                until = next_fallback if deadline is None else min(next_fallback, deadline)
+                await watch.wait(until - now)
+                notified, resync = watch.drain()
+                job_ids = [job_id for job_id in notified if job_id in self._pending]
+                if resync:
+                    job_ids = list(self._pending)  # resubscribed: notices may have been lost
+                elif time.monotonic() >= next_fallback:
+                    # Results stored without a notice: look at the oldest chunks, as they finish
+                    # roughly in submission order.
+                    job_ids.extend(itertools.islice(self._pending, FALLBACK_WINDOW))
+                    next_fallback = time.monotonic() + FALLBACK_READ_S
+                await self._read(list(dict.fromkeys(job_ids)))
+
+    async def _read(self, job_ids: list[str]) -> None:
+        try:
+            finished = await self.client.outcomes(job_ids)
+        except REDIS_ERRORS:
+            return  # Redis restarting: the results are still coming, the fallback reads again
+        for job_id, outcome in finished.items():
+            chunk = self._pending.pop(job_id, None)
+            if chunk is None:
+                continue  # read twice (notified and in the window): counted once
+            self.summary.finished_jobs += 1
+            if outcome.success:
+                self.summary.computed += int(outcome.result["computed"])
+                self.summary.missing.extend(outcome.result["missing"])
+                self.summary.total_sum += Decimal(outcome.result["total_sum"])
+            else:
+                where: dict[str, Any] = (
+                    {"order_ids": chunk} if isinstance(chunk, list) else {"job_id": job_id}
+                )
+                self.summary.failed.append({**where, "error": outcome.result})
+
+    def _report(self, progress: Progress | None) -> bool:
+        """Show progress; True while chunks are pending."""
+        self.summary.elapsed_s = time.monotonic() - self._started
+        if progress is not None:
+            progress(self.summary)
+        return bool(self._pending)
+
+    def _timed_out(self, deadline: float | None) -> bool:
+        if deadline is None or time.monotonic() < deadline:
+            return False
+        for job_id in self._pending:
+            self.summary.failed.append(
+                {"job_id": job_id, "error": {"code": "timeout", "message": "not finished"}}
+            )
+        self._pending.clear()
+        return True

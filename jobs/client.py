@@ -5,7 +5,6 @@ Used by the CLI; upstream Python services can import it. Other languages write t
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 from collections.abc import Iterable, Sequence
@@ -15,12 +14,19 @@ from typing import Any
 from arq import ArqRedis, create_pool
 from arq.connections import RedisSettings
 from arq.constants import job_key_prefix, result_key_prefix, retry_key_prefix
+from redis.exceptions import WatchError
 
+from jobs.lanes import done_channel, lane_of, lane_queue, wake_channel
+from jobs.notices import FALLBACK_READ_S, DoneNotices
 from jobs.serialization import decode_result, deserialize, serialize
 
 DEFAULT_QUEUE = "arq:queue"
 JOB_EXPIRY_MS = 24 * 3600 * 1000  # as arq: an unstarted job is dropped after a day
 PIPELINE_BATCH = 500
+# Batch jobs go straight into the batch lane; off, they go into `<queue>` like a raw producer's
+# and the replica moves them there. One switch, for replicas that do not read the batch lane.
+ROUTE_BATCH_LANE = True
+WAKE = b"1"  # the wake channel's payload is never read
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +48,7 @@ class OrderClient:
     def __init__(self, redis: ArqRedis, queue_name: str = DEFAULT_QUEUE) -> None:
         self.redis = redis
         self.queue_name = queue_name
+        self.notices = DoneNotices(redis, done_channel(queue_name))
 
     @classmethod
     async def connect(cls, settings: RedisSettings, queue_name: str = DEFAULT_QUEUE) -> OrderClient:
@@ -54,16 +61,34 @@ class OrderClient:
         return cls(redis, queue_name)
 
     async def close(self) -> None:
+        await self.notices.close()
         await self.redis.aclose()
+
+    def lane_queue_of(self, function: str) -> str:
+        """The sorted set this client writes a `function` job into."""
+        return lane_queue(self.queue_name, lane_of(function) if ROUTE_BATCH_LANE else "interactive")
 
     async def enqueue(self, function: str, job_id: str | None = None, **kwargs: Any) -> str:
         """Enqueue one job; returns its id. An id that is already queued is not enqueued twice."""
-        job = await self.redis.enqueue_job(
-            function, _job_id=job_id, _queue_name=self.queue_name, **kwargs
-        )
-        if job is None:
-            raise ValueError(f"a job with id {job_id!r} is already queued or has a result")
-        return job.job_id
+        job_id = job_id or uuid.uuid4().hex
+        job_key = job_key_prefix + job_id
+        refused = ValueError(f"a job with id {job_id!r} is already queued or has a result")
+        # As arq's enqueue_job, plus the wake-up inside the same transaction.
+        async with self.redis.pipeline(transaction=True) as pipe:
+            await pipe.watch(job_key)
+            if await pipe.exists(job_key, result_key_prefix + job_id):
+                await pipe.reset()  # type: ignore[no-untyped-call]  # untyped in redis-py
+                raise refused
+            now_ms = int(time.time() * 1000)
+            pipe.multi()  # type: ignore[no-untyped-call]
+            pipe.psetex(job_key, JOB_EXPIRY_MS, envelope(function, kwargs, now_ms))
+            pipe.zadd(self.lane_queue_of(function), {job_id: now_ms})
+            pipe.publish(wake_channel(self.queue_name), WAKE)
+            try:
+                await pipe.execute()
+            except WatchError:
+                raise refused from None  # enqueued by someone else since the check
+        return job_id
 
     async def place_order(
         self, customer_id: int, items: Sequence[dict[str, int]], idempotency_key: str | None = None
@@ -93,20 +118,18 @@ class OrderClient:
 
     async def _write(self, requests: Sequence[JobRequest]) -> int:
         now_ms = int(time.time() * 1000)
+        lanes: dict[str, dict[str, int]] = {}
         async with self.redis.pipeline(transaction=False) as pipe:
             for request in requests:
-                envelope: dict[str, Any] = {
-                    "t": None,
-                    "f": request.function,
-                    "a": [],
-                    "k": request.kwargs,
-                    "et": now_ms,
-                }
-                pipe.psetex(job_key_prefix + request.job_id, JOB_EXPIRY_MS, serialize(envelope))
+                data = envelope(request.function, request.kwargs, now_ms)
+                pipe.psetex(job_key_prefix + request.job_id, JOB_EXPIRY_MS, data)
                 # An id enqueued again starts afresh: not answered by its previous run's result,
                 # nor refused for the tries its previous run used up.
                 pipe.delete(result_key_prefix + request.job_id, retry_key_prefix + request.job_id)
-            pipe.zadd(self.queue_name, {request.job_id: now_ms for request in requests})
+                lanes.setdefault(self.lane_queue_of(request.function), {})[request.job_id] = now_ms
+            for queue, members in lanes.items():
+                pipe.zadd(queue, members)
+            pipe.publish(wake_channel(self.queue_name), WAKE)
             await pipe.execute()
         return len(requests)
 
@@ -124,15 +147,25 @@ class OrderClient:
                     found[job_id] = outcome_from_result(job_id, data)
         return found
 
-    async def wait(self, job_id: str, timeout_s: float, poll_s: float = 0.05) -> JobOutcome:
+    async def wait(self, job_id: str, timeout_s: float) -> JobOutcome:
+        """The job's outcome once its done notice arrives (or the fallback read finds it)."""
         deadline = time.monotonic() + timeout_s
-        while True:
-            found = await self.outcomes([job_id])
-            if job_id in found:
-                return found[job_id]
-            if time.monotonic() >= deadline:
-                raise TimeoutError(f"job {job_id} did not finish within {timeout_s:g}s")
-            await asyncio.sleep(poll_s)
+        with self.notices.watching([job_id]) as watch:
+            await self.notices.subscribed(min(FALLBACK_READ_S, timeout_s))
+            while True:
+                watch.drain()  # the read below covers every notice taken so far
+                found = await self.outcomes([job_id])
+                if job_id in found:
+                    return found[job_id]
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(f"job {job_id} did not finish within {timeout_s:g}s")
+                await watch.wait(min(FALLBACK_READ_S, remaining))
+
+
+def envelope(function: str, kwargs: dict[str, Any], enqueued_ms: int) -> bytes:
+    """A job as arq's enqueue_job writes it (no args, first try), in JSON."""
+    return serialize({"t": None, "f": function, "a": [], "k": kwargs, "et": enqueued_ms})
 
 
 def outcome_from_result(job_id: str, data: bytes) -> JobOutcome:

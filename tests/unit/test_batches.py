@@ -8,12 +8,22 @@ from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import Any
 
+import pytest
 from arq import ArqRedis
 from arq.constants import job_key_prefix
 
 from jobs.batches import BatchRun, BatchSummary, chunk_job_id, chunked
 from jobs.client import OrderClient
+from jobs.lanes import lane_queue
 from tests.unit.conftest import UNIT_QUEUE, store_result
+
+UNIT_BATCH_LANE = lane_queue(UNIT_QUEUE, "batch")
+
+
+@pytest.fixture(autouse=True)
+async def _listener_closed(order_client: OrderClient) -> AsyncIterator[None]:
+    yield
+    await order_client.notices.close()  # a wait started the client's done listener
 
 
 def chunk_result(computed: int, total_sum: str, missing: list[int] | None = None) -> dict[str, Any]:
@@ -44,7 +54,7 @@ async def test_submit_enqueues_one_job_per_chunk_under_its_chunk_id(
     run = BatchRun(order_client, batch_id="b1")
     await run.submit_chunks(chunked([1, 2, 3, 4, 5], 2))
     assert (run.summary.jobs, run.summary.requested) == (3, 5)
-    queued = await fake_redis.zrange(UNIT_QUEUE, 0, -1)
+    queued = await fake_redis.zrange(UNIT_BATCH_LANE, 0, -1)
     assert sorted(queued) == [b"totals:b1:0", b"totals:b1:1", b"totals:b1:2"]
     data = await fake_redis.get(job_key_prefix + "totals:b1:2")
     assert data is not None
@@ -63,7 +73,7 @@ async def test_submit_pages_numbers_chunks_across_enqueue_groups(
     run = BatchRun(order_client, batch_id="paged")
     await run.submit_pages(pages())
     assert (run.summary.jobs, run.summary.requested) == (120, 1200)
-    assert await fake_redis.zcard(UNIT_QUEUE) == 120
+    assert await fake_redis.zcard(UNIT_BATCH_LANE) == 120
     assert await fake_redis.exists(job_key_prefix + chunk_job_id("paged", 119))
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import AsyncIterator
 
 import pytest
 from arq import ArqRedis
@@ -11,8 +12,17 @@ from arq.constants import job_key_prefix, result_key_prefix
 from arq.jobs import Job, JobStatus
 
 from jobs.client import JOB_EXPIRY_MS, PIPELINE_BATCH, JobOutcome, JobRequest, OrderClient
+from jobs.lanes import lane_queue
 from jobs.serialization import deserialize
 from tests.unit.conftest import UNIT_QUEUE, result_bytes, store_result
+
+UNIT_BATCH_LANE = lane_queue(UNIT_QUEUE, "batch")
+
+
+@pytest.fixture(autouse=True)
+async def _listener_closed(order_client: OrderClient) -> AsyncIterator[None]:
+    yield
+    await order_client.notices.close()  # a wait started the client's done listener
 
 
 def totals_request(job_id: str, *order_ids: int) -> JobRequest:
@@ -34,14 +44,14 @@ async def test_enqueue_many_writes_json_envelopes_with_a_ttl_and_queues_them(
         assert envelope["k"] == request.kwargs
         assert before_ms <= envelope["et"] <= int(time.time() * 1000)
         assert 0 < await fake_redis.pttl(job_key_prefix + request.job_id) <= JOB_EXPIRY_MS
-        assert await fake_redis.zscore(UNIT_QUEUE, request.job_id) == envelope["et"]
+        assert await fake_redis.zscore(UNIT_BATCH_LANE, request.job_id) == envelope["et"]
 
 
 async def test_arq_sees_the_enqueued_jobs_as_queued(
     order_client: OrderClient, fake_redis: ArqRedis
 ) -> None:
     await order_client.enqueue_many([totals_request("a", 1, 2)])
-    job = Job("a", fake_redis, _queue_name=UNIT_QUEUE, _deserializer=deserialize)
+    job = Job("a", fake_redis, _queue_name=UNIT_BATCH_LANE, _deserializer=deserialize)
     assert await job.status() == JobStatus.queued
     info = await job.info()
     assert info is not None
@@ -56,7 +66,7 @@ async def test_enqueue_many_flushes_in_batches_and_accepts_a_generator(
         totals_request(f"job-{index}", index) for index in range(count)
     )
     assert written == count
-    assert await fake_redis.zcard(UNIT_QUEUE) == count
+    assert await fake_redis.zcard(UNIT_BATCH_LANE) == count
     assert await fake_redis.exists(job_key_prefix + f"job-{count - 1}")
 
 
@@ -147,5 +157,5 @@ async def test_wait_returns_a_finished_outcome(
 async def test_wait_gives_up_after_its_deadline(order_client: OrderClient) -> None:
     started = time.monotonic()
     with pytest.raises(TimeoutError, match=r"job never did not finish within 0\.05s"):
-        await order_client.wait("never", timeout_s=0.05, poll_s=0.01)
+        await order_client.wait("never", timeout_s=0.05)
     assert 0.05 <= time.monotonic() - started < 2
