@@ -14,7 +14,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from db.seed import generate_orders
-from tests.conftest import StartWorker, cli_env, poll_until, run_cli
+from tests.conftest import StartWorker, cli_env, poll_until, queued_ids, run_cli
 from worker.settings import Settings
 
 SUMMARY_FIELDS = {"batch_id", "requested", "computed", "missing", "failed", "total_sum"}
@@ -202,7 +202,7 @@ async def test_totals_no_wait_submits_and_the_worker_does_the_jobs_later(
     assert set(summary) == {"batch_id", "requested", "computed", "missing", "failed", "total_sum"}
     assert "3 orders in 2 jobs submitted" in result.stderr
     assert summary["computed"] == 0
-    assert await redis.zcard(settings.queue_name) == 2
+    assert len(await queued_ids(redis, settings.queue_name)) == 2
 
     await start_worker()
 
