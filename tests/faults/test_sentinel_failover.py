@@ -43,8 +43,12 @@ ENQUEUED_AFTER_FAILOVER = 50  # the producers must get through to the new primar
 
 @pytest.fixture
 def sentinel_set(tmp_path: Path) -> Iterator[SentinelSet]:
-    with SentinelSet(tmp_path / "sentinel") as servers:
+    servers = SentinelSet(tmp_path / "sentinel")
+    try:
+        servers.start()
         yield servers
+    finally:
+        servers.stop()
 
 
 @dataclass

