@@ -14,6 +14,7 @@ import yaml
 from sqlalchemy import make_url
 
 from jobs.connection import redis_settings_from_url
+from worker.settings import load_settings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MANIFESTS = REPO_ROOT / "deploy" / "kubernetes"
@@ -124,5 +125,15 @@ def test_the_metrics_port_is_the_one_the_pods_declare() -> None:
     settings = resource("ConfigMap", "orderworker-settings")["data"]
     ports = {port["name"]: port["containerPort"] for port in container(deployment)["ports"]}
     annotations = deployment["spec"]["template"]["metadata"]["annotations"]
-    port = int(settings["ORDERWORKER_WORKER__METRICS_PORT"])
-    assert ports["metrics"] == port == int(annotations["prometheus.io/port"])
+    assert ports["metrics"] == int(annotations["prometheus.io/port"])
+    assert "ORDERWORKER_WORKER__METRICS_PORT" not in settings  # not a setting yet: see below
+
+
+def test_the_configmap_passes_only_settings_the_worker_accepts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A worker refuses an unknown or invalid setting at start: the manifests must not ship one."""
+    for name, value in resource("ConfigMap", "orderworker-settings")["data"].items():
+        monkeypatch.setenv(name, value)
+    settings = load_settings()
+    assert settings.database.statement_cache_size == 0
