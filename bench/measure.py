@@ -32,6 +32,7 @@ from bench.stack import (
 )
 from db.engine import create_engine
 from db.totals import INSERT_ORDER_TOTALS, ON_CONFLICT_UPDATE_TOTAL, SELECT_ORDER_TOTALS
+from jobs.lanes import lane_queue
 from worker.harness.checks import TotalsCheck, check_totals
 from worker.harness.polling import poll_until
 from worker.harness.replicas import replica_env
@@ -189,7 +190,7 @@ async def cli_submit(bench: Bench) -> Outcome:
     """`totals --all --no-wait --json` with no worker: keyset paging plus pipelined enqueue."""
     queue = bench.queue("submit")
     finished, summary = await bench.cli("submit-cli", queue, "totals", "--all", "--no-wait")
-    queued = int(await bench.redis.zcard(queue))
+    queued = int(await bench.redis.zcard(lane_queue(queue, "batch")))
     await clear_batch(bench.redis, queue, summary["batch_id"])
     if finished.returncode != 0 or summary["requested"] != bench.orders or not queued:
         raise RuntimeError(f"submit: exit {finished.returncode}, {queued} queued, {summary}")

@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from db.engine import create_sessionmaker
 from db.migrate import upgrade_to_head
 from db.seed import count_orders, generate_orders, load_sample
+from jobs.lanes import lane_queue
 from worker.harness.databases import create_database
 from worker.harness.servers import LocalStack
 
@@ -100,7 +101,7 @@ async def order_id_range(engine: AsyncEngine) -> tuple[int, int]:
 async def clear_queue_keys(redis: Redis, queue_name: str, job_ids: list[str]) -> None:
     """Remove a measurement's queue and every key its jobs left (never a whole Redis db)."""
     prefixes = ("arq:job:", "arq:result:", "arq:retry:", "arq:in-progress:")
-    await redis.delete(queue_name, f"{queue_name}:health-check")
+    await redis.delete(queue_name, lane_queue(queue_name, "batch"), f"{queue_name}:health-check")
     for start in range(0, len(job_ids), 1000):
         batch = job_ids[start : start + 1000]
         await redis.delete(*(prefix + job_id for job_id in batch for prefix in prefixes))
