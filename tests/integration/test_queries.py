@@ -302,7 +302,10 @@ async def test_a_dead_connection_is_a_transient_error_and_leaves_the_pool(
             found = await killer.execute(
                 text("SELECT count(*) FROM pg_stat_activity WHERE pid = :pid"), {"pid": backend}
             )
-            return int(found.scalar_one()) == 0
+            gone = int(found.scalar_one()) == 0
+            # pg_stat_activity is one snapshot per transaction: the next look needs a new one.
+            await killer.rollback()
+            return gone
 
         await poll_until(backend_gone, "the backend to exit")
     async with autocommit() as session:
