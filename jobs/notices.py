@@ -12,18 +12,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Iterable, Iterator
-from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
-from jobs.connection import REDIS_ERRORS
+from jobs.channels import ChannelListener
 
 # Results written without a notice are read at most this late: a tenth of today's GET rate per
 # waiter, and about a plain arq worker's own 0.5 s poll, so sharing the queue with one stays prompt.
 FALLBACK_READ_S = 0.5
-RESUBSCRIBE_FIRST_S = 0.05
-RESUBSCRIBE_MAX_S = 1.0  # Redis down: retry the subscription this often at most
 
 
 class Watch:
@@ -60,12 +56,12 @@ class DoneNotices:
     """The client's listener on the done channel, started by its first waiter."""
 
     def __init__(self, redis: Redis, channel: str) -> None:
-        self._redis = redis
         self.channel = channel
         self._watches: dict[str, list[Watch]] = {}
         self._all: set[Watch] = set()
-        self._subscribed = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._listener = ChannelListener(
+            redis, channel, self._notified, on_subscribed=self._resubscribed
+        )
         self.subscriptions = 0  # times the channel was (re)subscribed, for tests and logs
 
     @contextlib.contextmanager
@@ -75,7 +71,7 @@ class DoneNotices:
         self._all.add(watch)
         for job_id in ids:
             self._watches.setdefault(job_id, []).append(watch)
-        self._start()
+        self._listener.start()
         try:
             yield watch
         finally:
@@ -89,57 +85,22 @@ class DoneNotices:
 
     async def subscribed(self, timeout_s: float) -> bool:
         """Wait (bounded) for the subscription: once it is up, no later notice is missed."""
-        self._start()
-        if self._subscribed.is_set():
-            return True
+        self._listener.start()
+        subscribed = self._listener.subscribed
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._subscribed.wait(), max(0.0, timeout_s))
-        return self._subscribed.is_set()
+            await asyncio.wait_for(subscribed.wait(), max(0.0, timeout_s))
+        return subscribed.is_set()
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-            self._subscribed.clear()
+        await self._listener.close()
 
-    def _start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._listen())
+    def _resubscribed(self) -> None:
+        # Notices sent while the listener was away are lost: every waiter reads everything.
+        self.subscriptions += 1
+        for watch in self._all:
+            watch.resync()
 
-    async def _listen(self) -> None:
-        delay = RESUBSCRIBE_FIRST_S
-        while True:
-            pubsub = self._redis.pubsub()
-            try:
-                await pubsub.subscribe(self.channel)
-                while True:
-                    message = await pubsub.get_message(timeout=None)
-                    if message is not None:
-                        self._dispatch(message)
-                        delay = RESUBSCRIBE_FIRST_S
-            except (*REDIS_ERRORS, RedisError):
-                self._subscribed.clear()  # notices may be lost until the subscription is back
-            except asyncio.CancelledError:
-                with contextlib.suppress(*REDIS_ERRORS, RedisError):
-                    await pubsub.unsubscribe()  # closed: the server forgets us now, not later
-                raise
-            finally:
-                with contextlib.suppress(*REDIS_ERRORS):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
-            await asyncio.sleep(delay)
-            delay = min(RESUBSCRIBE_MAX_S, delay * 2)
-
-    def _dispatch(self, message: dict[str, Any]) -> None:
-        if message["type"] == "subscribe":
-            # Also after redis-py reconnected by itself: either way notices may have been lost.
-            self.subscriptions += 1
-            self._subscribed.set()
-            for watch in self._all:
-                watch.resync()
-        elif message["type"] == "message":
-            data = message["data"]
-            job_id = data.decode("utf-8", "replace") if isinstance(data, bytes) else str(data)
-            for watch in self._watches.get(job_id, ()):
-                watch.notify(job_id)
+    def _notified(self, data: bytes) -> None:
+        job_id = data.decode("utf-8", "replace")
+        for watch in self._watches.get(job_id, ()):
+            watch.notify(job_id)

@@ -1,8 +1,7 @@
 """Redis outages: back off and carry on instead of dying on the first error.
 
 arq 0.28.0 `Worker.main` lets any error of `_poll_iteration` end the worker; a replica waits out a
-Redis restart instead, with jittered exponential backoff. The wake-up listener (wakeups.py) uses
-the same backoff, under log events of its own.
+Redis restart instead, with jittered exponential backoff.
 """
 
 from __future__ import annotations
@@ -21,15 +20,8 @@ MAX_RECONNECT_DELAY_S = 10.0
 
 
 class RedisBackoff:
-    def __init__(
-        self,
-        *,
-        unavailable: str = "worker.redis_unavailable",
-        recovered: str = "worker.redis_recovered",
-    ) -> None:
+    def __init__(self) -> None:
         self.failures = 0
-        self._unavailable = unavailable
-        self._recovered = recovered
 
     async def run(self, iteration: Callable[[], Awaitable[None]]) -> None:
         try:
@@ -38,7 +30,7 @@ class RedisBackoff:
             self.failures += 1
             delay = random.uniform(0, min(MAX_RECONNECT_DELAY_S, 0.2 * 2**self.failures))
             log.warning(
-                self._unavailable,
+                "worker.redis_unavailable",
                 error=f"{type(error).__name__}: {error}",
                 failures=self.failures,
                 retry_in_s=round(delay, 2),
@@ -50,5 +42,5 @@ class RedisBackoff:
     def succeeded(self) -> None:
         """Redis answered: the next outage starts from the shortest delay again."""
         if self.failures:
-            log.info(self._recovered, after_failures=self.failures)
+            log.info("worker.redis_recovered", after_failures=self.failures)
         self.failures = 0

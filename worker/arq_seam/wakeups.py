@@ -2,61 +2,60 @@
 
 arq 0.28.0 `Worker.main` sleeps `poll_delay` between reads of the queue. A producer PUBLISHes on
 `<queue>:wake` after an enqueue (jobs/lanes.py); this listener, on a pub/sub connection of its
-own, turns each message into a call of `on_wake`. The notice is optional: without it (a plain arq
-producer, or this connection lost) the replica still polls every `poll_delay_s`.
+own (jobs/channels.py), turns each message into a call of `on_wake`. The notice is optional:
+without it (a plain arq producer, or this connection lost) the replica still polls every
+`poll_delay_s`.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import Callable
 
+import structlog
 from redis.asyncio import Redis
 
-from jobs.connection import REDIS_ERRORS
+from jobs.channels import ChannelListener
 from jobs.lanes import wake_channel
-from worker.arq_seam.backoff import RedisBackoff
+
+log = structlog.get_logger("orderworker.worker")
 
 
 class Wakeups:
     def __init__(self, queue_name: str, on_wake: Callable[[], None]) -> None:
         self.channel = wake_channel(queue_name)
         self.on_wake = on_wake
-        self.subscribed = False
-        self._backoff = RedisBackoff(
-            unavailable="worker.wake_unavailable", recovered="worker.wake_resubscribed"
-        )
-        self._task: asyncio.Task[None] | None = None
+        self._listener: ChannelListener | None = None
+        self._failures = 0
+
+    @property
+    def subscribed(self) -> bool:
+        return self._listener is not None and self._listener.subscribed.is_set()
 
     def start(self, redis: Redis) -> None:
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._listen(redis))
+        if self._listener is None:
+            self._listener = ChannelListener(
+                redis,
+                self.channel,
+                lambda _: self.on_wake(),
+                on_subscribed=self._resubscribed,
+                on_lost=self._lost,
+            )
+            self._listener.start()
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        if self._listener is not None:
+            await self._listener.close()
+            self._listener = None
 
-    async def _listen(self, redis: Redis) -> None:
-        # A lost connection is resubscribed after the same backoff as the poll loop's; never ends.
-        while True:
-            await self._backoff.run(lambda: self._subscribed(redis))
+    def _lost(self, error: BaseException) -> None:
+        self._failures += 1
+        log.warning(
+            "worker.wake_unavailable",
+            error=f"{type(error).__name__}: {error}",
+            failures=self._failures,
+        )
 
-    async def _subscribed(self, redis: Redis) -> None:
-        pubsub = redis.pubsub()
-        try:
-            await pubsub.subscribe(self.channel)
-            self.subscribed = True
-            self._backoff.succeeded()
-            while True:
-                # Blocks on the socket: an idle replica wakes for a message, not on a timer.
-                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=None)
-                if message is not None:
-                    self.on_wake()
-        finally:
-            self.subscribed = False
-            with contextlib.suppress(*REDIS_ERRORS):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+    def _resubscribed(self) -> None:
+        if self._failures:
+            log.info("worker.wake_resubscribed", after_failures=self._failures)
+        self._failures = 0
