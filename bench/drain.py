@@ -20,11 +20,6 @@ from worker.harness.polling import poll_until
 RESULT_POLL_S = 0.05
 
 
-def noop_worker_args(*extra: str) -> list[str]:
-    """`python -m` arguments of the bare arq worker (on the queue its environment names)."""
-    return ["bench.noop_worker", *extra]
-
-
 async def redis_commands(redis: Redis) -> int:
     stats = await redis.info("stats")
     return int(stats["total_commands_processed"])

@@ -17,7 +17,7 @@ from typing import Any
 
 from arq.constants import job_key_prefix, result_key_prefix
 
-from bench.measure import Bench, Outcome, clear_batch, say
+from bench.measure import Bench, Outcome, say
 from bench.processes import Child, cpu_seconds
 from bench.report import Row
 from bench.rows import checked, held_to, rate_row
@@ -187,7 +187,7 @@ async def run_latency(bench: Bench) -> tuple[list[Row], bool]:
     for phase in phases:
         await clear_queue_keys(bench.redis, queue, phase.job_ids)
         for batch_id in phase.batch_ids:
-            await clear_batch(bench.redis, queue, batch_id)
+            await clear_queue_keys(bench.redis, queue, [], batch_id)
     rows = [phase_row(phase) for phase in phases[:8]] + other_rows(alone, loaded, load, cpu)
     ok = alone.ok and loaded.ok and not any(phase.failed for phase in phases)
     return rows, ok

@@ -46,11 +46,6 @@ SQL_LIMIT = text(
 )
 
 
-def product_args(*args: str) -> list[str]:
-    """`python -m` arguments of `orderworker *args`."""
-    return ["worker", *args]
-
-
 @dataclass(slots=True)
 class Outcome:
     """One measured run: how many, how long, what it cost in memory, and whether it was right."""
@@ -100,7 +95,7 @@ class Bench:
 
     async def cli(self, label: str, queue: str, *args: str) -> tuple[Finished, dict[str, Any]]:
         """`orderworker *args --json` run to its end, and the JSON summary it printed."""
-        child = Child(product_args(*args, "--json"), self.env(queue), self.log_dir, label)
+        child = Child(["worker", *args, "--json"], self.env(queue), self.log_dir, label)
         finished = await child.finished(RUN_TIMEOUT_S)
         try:
             return finished, json.loads(finished.stdout)
@@ -111,7 +106,7 @@ class Bench:
         """`python -m worker worker` x count, once every one of them reports a heartbeat."""
         env = self.env(queue)
         replicas = [
-            Child(product_args("worker"), env, self.log_dir, f"{label}-w{n}")
+            Child(["worker", "worker"], env, self.log_dir, f"{label}-w{n}")
             for n in range(1, count + 1)
         ]
 
@@ -170,7 +165,7 @@ async def batch_totals(bench: Bench, replicas: int) -> Outcome:
     if finished.returncode != 0 or summary["failed"] or summary["computed"] != expected:
         raise RuntimeError(f"{label}: exit {finished.returncode}, summary {str(summary)[:500]}")
     verification = await check_totals(bench.engine, bench.first_id, bench.last_id)
-    await clear_batch(bench.redis, queue, summary["batch_id"])
+    await clear_queue_keys(bench.redis, queue, [], summary["batch_id"])
     problems = []
     if Decimal(summary["total_sum"]) != verification.expected_sum:
         problems.append(f"total_sum {summary['total_sum']} != {verification.expected_sum}")
@@ -191,7 +186,7 @@ async def cli_submit(bench: Bench) -> Outcome:
     queue = bench.queue("submit")
     finished, summary = await bench.cli("submit-cli", queue, "totals", "--all", "--no-wait")
     queued = int(await bench.redis.zcard(lane_queue(queue, "batch")))
-    await clear_batch(bench.redis, queue, summary["batch_id"])
+    await clear_queue_keys(bench.redis, queue, [], summary["batch_id"])
     if finished.returncode != 0 or summary["requested"] != bench.orders or not queued:
         raise RuntimeError(f"submit: exit {finished.returncode}, {queued} queued, {summary}")
     return Outcome(
@@ -200,12 +195,3 @@ async def cli_submit(bench: Bench) -> Outcome:
         cli_rss_mib=finished.peak_rss_mib,
         note=f"{queued} chunk jobs queued",
     )
-
-
-async def clear_batch(redis: Redis, queue: str, batch_id: str) -> None:
-    # Chunk jobs are named totals:{batch_id}:{n}; their keys are found by that pattern.
-    pattern = f"arq:*:totals:{batch_id}:*"
-    keys = [key async for key in redis.scan_iter(match=pattern, count=1000)]
-    await clear_queue_keys(redis, queue, [])
-    for start in range(0, len(keys), 1000):
-        await redis.delete(*keys[start : start + 1000])

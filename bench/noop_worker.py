@@ -31,10 +31,6 @@ def to_json(value: Any) -> bytes:
     return json.dumps(value, separators=(",", ":")).encode()
 
 
-def from_json(data: bytes) -> Any:
-    return json.loads(data)
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.noop_worker", description=__doc__)
     env, redis_url, queue = os.environ, "ORDERWORKER_REDIS_URL", "ORDERWORKER_QUEUE_NAME"
@@ -56,7 +52,7 @@ def main(argv: list[str] | None = None) -> None:
         poll_delay=args.poll_delay,
         max_jobs=args.max_jobs,
         job_serializer=to_json,
-        job_deserializer=from_json,
+        job_deserializer=json.loads,
     )
     worker.run()  # SIGTERM: arq's own handler cancels the main task and closes the pool
 

@@ -123,11 +123,11 @@ class Child:
         self.result: Finished | None = None
         LIVE.add(self)
 
-    def poll(self) -> Finished | None:
-        """Reap the child if it has exited (without blocking)."""
+    def poll(self, block: bool = False) -> Finished | None:
+        """Reap the child if it has exited (or, with `block`, once it does)."""
         if self.result is not None:
             return self.result
-        pid, status, usage = os.wait4(self.process.pid, os.WNOHANG)
+        pid, status, usage = os.wait4(self.process.pid, 0 if block else os.WNOHANG)
         if pid == 0:
             return None
         peak_rss = self.rss.stop()
@@ -165,10 +165,7 @@ class Child:
     def kill(self) -> None:
         if self.poll() is None:
             self.process.kill()
-            os.waitpid(self.process.pid, 0)
-            self.rss.stop()
-            self.process.returncode = -signal.SIGKILL
-            LIVE.discard(self)
+            self.poll(block=True)
 
     def log_tail(self, lines: int = 5) -> str:
         text = self.stderr_path.read_text(errors="replace").splitlines()

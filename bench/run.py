@@ -23,7 +23,7 @@ import uvloop
 
 from bench import drain, measure
 from bench.latency import run_latency
-from bench.measure import Bench, Outcome, open_bench, product_args, say
+from bench.measure import Bench, Outcome, open_bench, say
 from bench.noop_worker import NOOP_FUNCTION
 from bench.processes import exit_on_sigterm, kill_all, warm_bytecode_cache
 from bench.report import RESULTS_DIR, Row, results_section, write_readme
@@ -85,13 +85,12 @@ async def measure_all(bench: Bench, args: argparse.Namespace, results: Results) 
         results.batch[replicas] = await measured(f"totals --all, {replicas} replica(s)", batch)
     results.submit = await measured("CLI submit rate (no worker)", measure.cli_submit(bench))
     jobs = args.jobs
-    product = product_args("worker")
-    single = drain.single_jobs(bench, "jobs", jobs, "compute_order_total", product)
+    single = drain.single_jobs(bench, "jobs", jobs, "compute_order_total", ["worker", "worker"])
     results.jobs = await measured(f"{jobs:,} compute_order_total jobs, one replica", single)
     # arq tuning of the product's worker, for the bare arq worker it is compared with.
     worker = load_settings().worker
     tuned = ["--poll-delay", str(worker.poll_delay_s), "--max-jobs", str(worker.concurrency)]
-    noop = drain.single_jobs(bench, "noop", jobs, NOOP_FUNCTION, drain.noop_worker_args(*tuned))
+    noop = drain.single_jobs(bench, "noop", jobs, NOOP_FUNCTION, ["bench.noop_worker", *tuned])
     results.noop = await measured("bare arq no-op worker, same tuning", noop)
 
 
@@ -107,7 +106,7 @@ async def measure_run(
     args: argparse.Namespace, servers: BenchServers, log_dir: Path
 ) -> tuple[list[Row], Results]:
     async with open_bench(servers, args.orders, log_dir) as bench:
-        versions = await server_versions(bench.engine, servers.redis_url)
+        versions = await server_versions(bench.engine, bench.redis)
         results = Results(orders=bench.orders, versions=versions)
         if args.latency:
             rows, ok = await run_latency(bench)

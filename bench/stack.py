@@ -34,7 +34,7 @@ class BenchServers:
 
 
 @contextmanager
-def bench_servers(stack_name: str = "bench") -> Iterator[BenchServers]:
+def bench_servers() -> Iterator[BenchServers]:
     database_url = os.environ.get(DATABASE_VARIABLE)
     redis_url = os.environ.get(REDIS_VARIABLE)
     if database_url and redis_url:
@@ -42,7 +42,7 @@ def bench_servers(stack_name: str = "bench") -> Iterator[BenchServers]:
         return
     if database_url or redis_url:
         raise SystemExit(f"set both {DATABASE_VARIABLE} and {REDIS_VARIABLE}, or neither")
-    stack = LocalStack(name=stack_name)
+    stack = LocalStack(name="bench")
     stack.wipe()  # fresh on every run: the same data, the same figures
     with stack as urls:
         yield BenchServers(urls.database_url, urls.redis_url, private=True)
@@ -76,14 +76,10 @@ async def load_orders(engine: AsyncEngine, generated: int) -> tuple[int, float]:
     return orders, time.perf_counter() - started
 
 
-async def server_versions(engine: AsyncEngine, redis_url: str) -> tuple[str, str]:
+async def server_versions(engine: AsyncEngine, redis: Redis) -> tuple[str, str]:
     async with engine.connect() as connection:
         postgres = str((await connection.execute(text("SHOW server_version"))).scalar_one())
-    redis = Redis.from_url(redis_url)
-    try:
-        info = await redis.info("server")
-    finally:
-        await redis.aclose()
+    info = await redis.info("server")
     return f"PostgreSQL {postgres.split()[0]}", f"Redis {info.get('redis_version', '?')}"
 
 
@@ -98,10 +94,16 @@ async def order_id_range(engine: AsyncEngine) -> tuple[int, int]:
     return int(row[0]), int(row[1])
 
 
-async def clear_queue_keys(redis: Redis, queue_name: str, job_ids: list[str]) -> None:
-    """Remove a measurement's queue and every key its jobs left (never a whole Redis db)."""
+async def clear_queue_keys(
+    redis: Redis, queue_name: str, job_ids: list[str], batch_id: str | None = None
+) -> None:
+    """Remove a measurement's queue and every key its jobs left (never a whole Redis db); with
+    `batch_id`, every key of that batch's chunk jobs too (named totals:{batch_id}:{n})."""
     prefixes = ("arq:job:", "arq:result:", "arq:retry:", "arq:in-progress:")
-    await redis.delete(queue_name, lane_queue(queue_name, "batch"), f"{queue_name}:health-check")
-    for start in range(0, len(job_ids), 1000):
-        batch = job_ids[start : start + 1000]
-        await redis.delete(*(prefix + job_id for job_id in batch for prefix in prefixes))
+    keys: list[str | bytes] = [queue_name, lane_queue(queue_name, "batch")]
+    keys += [f"{queue_name}:health-check", *(p + job for job in job_ids for p in prefixes)]
+    if batch_id is not None:
+        pattern = f"arq:*:totals:{batch_id}:*"
+        keys += [key async for key in redis.scan_iter(match=pattern, count=1000)]
+    for start in range(0, len(keys), 1000):
+        await redis.delete(*keys[start : start + 1000])
