@@ -44,7 +44,6 @@ async def single_jobs(
 ) -> Outcome:
     queue = bench.queue(label)
     await truncate_totals(bench.engine)
-    first = bench.first_id
     job_ids = await enqueue_single_jobs(bench, queue, function, jobs)
     keys = ["arq:result:" + job_id for job_id in job_ids]
     commands_before = await redis_commands(bench.redis)
@@ -69,7 +68,7 @@ async def single_jobs(
         stopped = await child.stop()
     verification = None
     if function != NOOP_FUNCTION:
-        verification = await check_totals(bench.engine, first, first + jobs - 1)
+        verification = await check_totals(bench.engine, bench.first_id, bench.first_id + jobs - 1)
     await clear_queue_keys(bench.redis, queue, job_ids)
     return Outcome(
         count=jobs,

@@ -161,8 +161,7 @@ async def batch_totals(bench: Bench, replicas: int) -> Outcome:
         finished, summary = await bench.cli(f"{label}-cli", queue, "totals", "--all")
     finally:
         stopped = await asyncio.gather(*(worker.stop() for worker in workers))
-    expected = bench.orders
-    if finished.returncode != 0 or summary["failed"] or summary["computed"] != expected:
+    if finished.returncode != 0 or summary["failed"] or summary["computed"] != bench.orders:
         raise RuntimeError(f"{label}: exit {finished.returncode}, summary {str(summary)[:500]}")
     verification = await check_totals(bench.engine, bench.first_id, bench.last_id)
     await clear_queue_keys(bench.redis, queue, [], summary["batch_id"])

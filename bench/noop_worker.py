@@ -18,9 +18,6 @@ from arq.connections import RedisSettings
 from arq.worker import Worker, func
 
 NOOP_FUNCTION = "noop"
-# arq's own defaults.
-ARQ_DEFAULT_POLL_DELAY_S = 0.5
-ARQ_DEFAULT_MAX_JOBS = 10
 
 
 async def noop(ctx: dict[str, Any], **kwargs: Any) -> None:
@@ -37,8 +34,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     # By default, the server and queue a product worker takes from the same environment.
     parser.add_argument("--redis-url", default=env.get(redis_url), required=redis_url not in env)
     parser.add_argument("--queue", default=env.get(queue), required=queue not in env)
-    parser.add_argument("--poll-delay", type=float, default=ARQ_DEFAULT_POLL_DELAY_S)
-    parser.add_argument("--max-jobs", type=int, default=ARQ_DEFAULT_MAX_JOBS)
+    parser.add_argument("--poll-delay", type=float, default=0.5)  # arq's own defaults
+    parser.add_argument("--max-jobs", type=int, default=10)
     return parser.parse_args(argv)
 
 

@@ -67,10 +67,9 @@ def checked(outcome: Outcome, note: str) -> str:
 
 
 def build_rows(results: Results, settings: Settings) -> list[Row]:
-    assert results.submit and results.jobs
-    rows = _batch_rows(results)
-    rows += _job_rows(results, settings)
     submit = results.submit
+    assert submit is not None
+    rows = _batch_rows(results) + _job_rows(results, settings)
     rows.append(
         rate_row(
             "CLI submit: `totals --all --no-wait` (no worker)",

@@ -119,9 +119,6 @@ async def measure_run(
 
 def report(rows: list[Row], results: Results, args: argparse.Namespace, private: bool) -> str:
     """The section for bench/README.md, also printed; written there unless --no-readme."""
-    marker, command = "results", "uv run python -m bench.run"
-    if args.latency:
-        marker, command = "latency", f"{command} --latency --orders {args.orders}"
     section = results_section(
         rows,
         orders=results.orders,
@@ -130,10 +127,11 @@ def report(rows: list[Row], results: Results, args: argparse.Namespace, private:
         tuning=tuning_of(load_settings()),
     )
     if args.latency:
+        command = f"uv run python -m bench.run --latency --orders {args.orders}"
         section = f"Reproduce with `{command}`.\n\n{section}"
     print(section)
     if not args.no_readme:
-        write_readme(section, marker)
+        write_readme(section, "latency" if args.latency else "results")
         say("bench/README.md updated")
     failed = [row.name for row in rows if row.passed is False]
     say("all targets met" if not failed else "targets missed: " + "; ".join(failed))

@@ -8,6 +8,7 @@ each kill how long the jobs in flight took to run again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import statistics
@@ -108,6 +109,10 @@ class Soak:
     def spawn(self, n: int) -> Replica:
         return Replica.spawn(self.env, self.root / f"replica-{n}.log", cwd=REPO_ROOT)
 
+    def kill_all(self) -> None:
+        for replica in self.replicas:
+            replica.kill()
+
 
 async def drive(client: OrderClient, soak: Soak, kills: int) -> None:
     """Enqueue every job, kill and replace a replica at even steps, wait for every result."""
@@ -148,33 +153,27 @@ async def drive(client: OrderClient, soak: Soak, kills: int) -> None:
 
 
 async def run_soak(jobs: int, kills: int, root: Path) -> bool:
-    client: OrderClient | None = None
     with LocalStack(root=root, name="soak") as urls:
         database_url = await create_database(urls.database_url, "soak")
         env = replica_env(
             database_url, urls.redis_url, QUEUE, inherit_settings=False, extra=SOAK_SETTINGS
         )
         soak = Soak(jobs, env, root)
-        try:
+        async with contextlib.AsyncExitStack() as cleanup:  # in reverse: replicas killed first
             client = await OrderClient.connect(redis_settings_from_url(urls.redis_url), QUEUE)
+            cleanup.push_async_callback(client.close)
             engine = create_engine(database_url)
-            try:
-                await load_orders(engine, jobs - 3)  # the 3 sample orders and generated ones
-                soak.replicas += [soak.spawn(n) for n in range(2)]
-                for replica in soak.replicas:
-                    await wait_ready(client, replica)
-                await drive(client, soak, kills)
-                outcome = await results(client, [f"soak:{n}" for n in range(1, jobs + 1)])
-                check = await check_totals(engine)
-            finally:
-                await engine.dispose()
+            cleanup.push_async_callback(engine.dispose)
+            cleanup.callback(soak.kill_all)
+            await load_orders(engine, jobs - 3)  # the 3 sample orders and generated ones
+            soak.replicas += [soak.spawn(n) for n in range(2)]
+            for replica in soak.replicas:
+                await wait_ready(client, replica)
+            await drive(client, soak, kills)
+            outcome = await results(client, [f"soak:{n}" for n in range(1, jobs + 1)])
+            check = await check_totals(engine)
             exit_codes = await asyncio.to_thread(stop_all, soak.replicas, 60)
             return verdict(soak, outcome, check, exit_codes)
-        finally:
-            for replica in soak.replicas:
-                replica.kill()
-            if client is not None:
-                await client.close()
 
 
 def verdict(soak: Soak, outcome: Results, check: TotalsCheck, exit_codes: list[int]) -> bool:
@@ -202,7 +201,7 @@ def report(soak: Soak, outcome: Results, check: TotalsCheck) -> int:
         for (time_1, done_1), (time_2, done_2) in itertools.pairwise(soak.samples)
         if done_2 < soak.jobs and time_2 > time_1
     ]
-    expiry_s = JOB_TIMEOUT_S + ARQ_TIMEOUT_MARGIN_S + 10
+    expiry = JOB_TIMEOUT_S + ARQ_TIMEOUT_MARGIN_S + 10
     print(f"jobs                 {soak.jobs:,} compute_order_total, 2 replicas")
     print(f"enqueue (pipelined)  {soak.enqueue_s:.2f}s = {soak.jobs / soak.enqueue_s:,.0f} jobs/s")
     print(f"wall time            {soak.elapsed_s:.1f}s from first enqueue to last result")
@@ -221,9 +220,8 @@ def report(soak: Soak, outcome: Results, check: TotalsCheck) -> int:
         recovery = "never" if kill.recovery_s is None else f"{kill.recovery_s:.1f}s"
         print(
             f"kill {n}               at {kill.at_done:,} done: {len(own)} in flight, "
-            f"{rerun} of them the killed replica's (run again), all finished {recovery} after "
-            f"the SIGKILL "
-            f"(in-progress expiry {expiry_s:g}s); replacement ready in {kill.restart_s:.1f}s"
+            f"{rerun} of them the killed replica's (run again), all finished {recovery} after the "
+            f"SIGKILL (in-progress expiry {expiry:g}s); replacement ready in {kill.restart_s:.1f}s"
         )
     print(f"results              {len(outcome):,} of {soak.jobs:,}; failed {failed}")
     print(f"tries                {dict(sorted(tries.items()))}")
