@@ -8,10 +8,10 @@ import time
 
 from redis.asyncio import Redis
 
-from bench.measure import RUN_TIMEOUT_S, Bench, Outcome
+from bench.measure import Outcome
 from bench.noop_worker import NOOP_FUNCTION
 from bench.processes import Child, cpu_seconds
-from bench.stack import clear_queue_keys, truncate_totals
+from bench.stack import RUN_TIMEOUT_S, Bench, clear_queue_keys, truncate_totals
 from jobs.client import JobRequest, OrderClient
 from jobs.connection import redis_settings_from_url
 from worker.harness.checks import check_totals

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import shutil
 import sys
 import tempfile
 import time
@@ -23,13 +22,13 @@ import uvloop
 
 from bench import drain, measure
 from bench.latency import run_latency
-from bench.measure import Bench, Outcome, open_bench, say
+from bench.measure import Outcome
 from bench.noop_worker import NOOP_FUNCTION
 from bench.processes import exit_on_sigterm, kill_all, warm_bytecode_cache
 from bench.report import RESULTS_DIR, Row, results_section, write_readme
 from bench.rows import Results, build_rows
 from bench.soak import run_soak
-from bench.stack import BenchServers, bench_servers, server_versions
+from bench.stack import Bench, BenchServers, bench_servers, open_bench, say, server_versions
 from worker.settings import Settings, load_settings
 
 
@@ -58,11 +57,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def soak(args: argparse.Namespace) -> int:
-    root = Path(tempfile.mkdtemp(prefix="orderworker-soak-"))
-    try:
-        passed = asyncio.run(run_soak(args.jobs, args.kills, root))
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
+    with tempfile.TemporaryDirectory(
+        prefix="orderworker-soak-", ignore_cleanup_errors=True
+    ) as root:
+        passed = asyncio.run(run_soak(args.jobs, args.kills, Path(root)))
     print("PASS" if passed else "FAIL")
     return 0 if passed else 1
 
@@ -106,8 +104,7 @@ async def measure_run(
     args: argparse.Namespace, servers: BenchServers, log_dir: Path
 ) -> tuple[list[Row], Results]:
     async with open_bench(servers, args.orders, log_dir) as bench:
-        versions = await server_versions(bench.engine, bench.redis)
-        results = Results(orders=bench.orders, versions=versions)
+        results = Results(bench.orders, await server_versions(bench.engine, bench.redis))
         if args.latency:
             rows, ok = await run_latency(bench)
             results.problems = [] if ok else ["a latency check failed"]
