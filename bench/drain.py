@@ -8,21 +8,16 @@ import time
 
 from redis.asyncio import Redis
 
-from bench.measure import RUN_TIMEOUT_S, Bench, Outcome
+from bench.measure import Outcome
 from bench.noop_worker import NOOP_FUNCTION
 from bench.processes import Child, cpu_seconds
-from bench.stack import clear_queue_keys, truncate_totals
+from bench.stack import RUN_TIMEOUT_S, Bench, clear_queue_keys, truncate_totals
 from jobs.client import JobRequest, OrderClient
 from jobs.connection import redis_settings_from_url
 from worker.harness.checks import check_totals
 from worker.harness.polling import poll_until
 
 RESULT_POLL_S = 0.05
-
-
-def noop_worker_args(*extra: str) -> list[str]:
-    """`python -m` arguments of the bare arq worker (on the queue its environment names)."""
-    return ["bench.noop_worker", *extra]
 
 
 async def redis_commands(redis: Redis) -> int:
@@ -49,7 +44,6 @@ async def single_jobs(
 ) -> Outcome:
     queue = bench.queue(label)
     await truncate_totals(bench.engine)
-    first = bench.first_id
     job_ids = await enqueue_single_jobs(bench, queue, function, jobs)
     keys = ["arq:result:" + job_id for job_id in job_ids]
     commands_before = await redis_commands(bench.redis)
@@ -74,7 +68,7 @@ async def single_jobs(
         stopped = await child.stop()
     verification = None
     if function != NOOP_FUNCTION:
-        verification = await check_totals(bench.engine, first, first + jobs - 1)
+        verification = await check_totals(bench.engine, bench.first_id, bench.first_id + jobs - 1)
     await clear_queue_keys(bench.redis, queue, job_ids)
     return Outcome(
         count=jobs,

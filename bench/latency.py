@@ -17,11 +17,11 @@ from typing import Any
 
 from arq.constants import job_key_prefix, result_key_prefix
 
-from bench.measure import Bench, Outcome, clear_batch, say
+from bench.measure import Outcome
 from bench.processes import Child, cpu_seconds
 from bench.report import Row
-from bench.rows import checked, held_to, rate_row
-from bench.stack import clear_queue_keys, truncate_totals
+from bench.rows import held_to, rate_row
+from bench.stack import Bench, clear_queue_keys, say, truncate_totals
 from jobs.client import JOB_EXPIRY_MS
 from jobs.lanes import lane_queue, wake_channel
 from worker.harness.checks import check_totals
@@ -185,9 +185,7 @@ async def run_latency(bench: Bench) -> tuple[list[Row], bool]:
         await asyncio.gather(*(replica.stop() for replica in replicas))
     phases += [first, load]
     for phase in phases:
-        await clear_queue_keys(bench.redis, queue, phase.job_ids)
-        for batch_id in phase.batch_ids:
-            await clear_batch(bench.redis, queue, batch_id)
+        await clear_queue_keys(bench.redis, queue, phase.job_ids, phase.batch_ids)
     rows = [phase_row(phase) for phase in phases[:8]] + other_rows(alone, loaded, load, cpu)
     ok = alone.ok and loaded.ok and not any(phase.failed for phase in phases)
     return rows, ok
@@ -226,12 +224,7 @@ def other_rows(alone: Outcome, loaded: Outcome, load: Phase, cpu: list[float]) -
     """The batch alone and under load, then the idle replicas' CPU."""
     loaded_note = f"{len(load.job_ids):,} place_order sent, p99 {percentiles(load)[99]:.1f} ms"
     return [
-        rate_row(
-            "`totals --all`, 2 replicas, alone",
-            alone,
-            "orders",
-            note=checked(alone, "CLI wall time"),
-        ),
+        rate_row("`totals --all`, 2 replicas, alone", alone, "orders", "CLI wall time"),
         held_to(
             f"`totals --all`, 2 replicas, under place_order at {LOAD_RATE}/s",
             loaded,

@@ -6,49 +6,21 @@ starts from an empty order_totals and ends with a SQL check."""
 from __future__ import annotations
 
 import asyncio
-import json
-import sys
 import time
-import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
-from pathlib import Path
-from typing import Any
 
-from redis.asyncio import Redis
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
 
-from bench.processes import Child, Finished
-from bench.stack import (
-    BenchServers,
-    clear_queue_keys,
-    fresh_database,
-    load_orders,
-    order_id_range,
-    truncate_totals,
-)
-from db.engine import create_engine
+from bench.stack import Bench, clear_queue_keys, truncate_totals
 from db.totals import INSERT_ORDER_TOTALS, ON_CONFLICT_UPDATE_TOTAL, SELECT_ORDER_TOTALS
 from jobs.lanes import lane_queue
 from worker.harness.checks import TotalsCheck, check_totals
-from worker.harness.polling import poll_until
-from worker.harness.replicas import replica_env
-from worker.health import live_replicas
 
-READY_TIMEOUT_S = 60.0
-RUN_TIMEOUT_S = 900.0
 # The product's computation over all orders in one statement: what PostgreSQL alone does.
 SQL_LIMIT = text(
     f"{INSERT_ORDER_TOTALS} {SELECT_ORDER_TOTALS} GROUP BY o.id {ON_CONFLICT_UPDATE_TOTAL}"
 )
-
-
-def product_args(*args: str) -> list[str]:
-    """`python -m` arguments of `orderworker *args`."""
-    return ["worker", *args]
 
 
 @dataclass(slots=True)
@@ -77,74 +49,6 @@ class Outcome:
         return verified and not self.problems
 
 
-@dataclass(slots=True)
-class Bench:
-    database_url: str
-    redis_url: str
-    engine: AsyncEngine
-    redis: Redis
-    log_dir: Path
-    first_id: int
-    last_id: int
-    run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
-
-    @property
-    def orders(self) -> int:
-        return self.last_id - self.first_id + 1
-
-    def queue(self, label: str) -> str:
-        return f"bench:{self.run_id}:{label}"
-
-    def env(self, queue: str) -> dict[str, str]:
-        return replica_env(self.database_url, self.redis_url, queue)
-
-    async def cli(self, label: str, queue: str, *args: str) -> tuple[Finished, dict[str, Any]]:
-        """`orderworker *args --json` run to its end, and the JSON summary it printed."""
-        child = Child(product_args(*args, "--json"), self.env(queue), self.log_dir, label)
-        finished = await child.finished(RUN_TIMEOUT_S)
-        try:
-            return finished, json.loads(finished.stdout)
-        except json.JSONDecodeError:
-            raise RuntimeError(f"{label}: no JSON on stdout (exit {finished.returncode})") from None
-
-    async def start_replicas(self, label: str, queue: str, count: int) -> list[Child]:
-        """`python -m worker worker` x count, once every one of them reports a heartbeat."""
-        env = self.env(queue)
-        replicas = [
-            Child(product_args("worker"), env, self.log_dir, f"{label}-w{n}")
-            for n in range(1, count + 1)
-        ]
-
-        async def all_live() -> bool:
-            for replica in replicas:
-                replica.check_alive()
-            return len(await live_replicas(self.redis, queue)) >= count
-
-        await poll_until(all_live, f"{count} live replicas", READY_TIMEOUT_S)
-        return replicas
-
-
-@asynccontextmanager
-async def open_bench(servers: BenchServers, orders: int, log_dir: Path) -> AsyncIterator[Bench]:
-    """A fresh database loaded with `orders` generated orders, and clients for both servers."""
-    database_url = await fresh_database(servers)
-    engine = create_engine(database_url, pool_size=2)
-    redis = Redis.from_url(servers.redis_url)
-    try:
-        say(f"loading {orders:,} orders (set-based SQL) ...")
-        loaded, seconds = await load_orders(engine, orders)
-        say(f"  {loaded:,} orders in {seconds:.1f}s (with VACUUM ANALYZE)")
-        first_id, last_id = await order_id_range(engine)
-        yield Bench(database_url, servers.redis_url, engine, redis, log_dir, first_id, last_id)
-    finally:
-        await redis.aclose()
-        await engine.dispose()
-
-
-def say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
 async def sql_limit(bench: Bench) -> Outcome:
     """The database alone computing and upserting every order's total, timed and checked."""
     await truncate_totals(bench.engine)
@@ -166,11 +70,10 @@ async def batch_totals(bench: Bench, replicas: int) -> Outcome:
         finished, summary = await bench.cli(f"{label}-cli", queue, "totals", "--all")
     finally:
         stopped = await asyncio.gather(*(worker.stop() for worker in workers))
-    expected = bench.orders
-    if finished.returncode != 0 or summary["failed"] or summary["computed"] != expected:
+    if finished.returncode != 0 or summary["failed"] or summary["computed"] != bench.orders:
         raise RuntimeError(f"{label}: exit {finished.returncode}, summary {str(summary)[:500]}")
     verification = await check_totals(bench.engine, bench.first_id, bench.last_id)
-    await clear_batch(bench.redis, queue, summary["batch_id"])
+    await clear_queue_keys(bench.redis, queue, [], [summary["batch_id"]])
     problems = []
     if Decimal(summary["total_sum"]) != verification.expected_sum:
         problems.append(f"total_sum {summary['total_sum']} != {verification.expected_sum}")
@@ -191,7 +94,7 @@ async def cli_submit(bench: Bench) -> Outcome:
     queue = bench.queue("submit")
     finished, summary = await bench.cli("submit-cli", queue, "totals", "--all", "--no-wait")
     queued = int(await bench.redis.zcard(lane_queue(queue, "batch")))
-    await clear_batch(bench.redis, queue, summary["batch_id"])
+    await clear_queue_keys(bench.redis, queue, [], [summary["batch_id"]])
     if finished.returncode != 0 or summary["requested"] != bench.orders or not queued:
         raise RuntimeError(f"submit: exit {finished.returncode}, {queued} queued, {summary}")
     return Outcome(
@@ -200,12 +103,3 @@ async def cli_submit(bench: Bench) -> Outcome:
         cli_rss_mib=finished.peak_rss_mib,
         note=f"{queued} chunk jobs queued",
     )
-
-
-async def clear_batch(redis: Redis, queue: str, batch_id: str) -> None:
-    # Chunk jobs are named totals:{batch_id}:{n}; their keys are found by that pattern.
-    pattern = f"arq:*:totals:{batch_id}:*"
-    keys = [key async for key in redis.scan_iter(match=pattern, count=1000)]
-    await clear_queue_keys(redis, queue, [])
-    for start in range(0, len(keys), 1000):
-        await redis.delete(*keys[start : start + 1000])

@@ -18,9 +18,6 @@ from arq.connections import RedisSettings
 from arq.worker import Worker, func
 
 NOOP_FUNCTION = "noop"
-# arq's own defaults.
-ARQ_DEFAULT_POLL_DELAY_S = 0.5
-ARQ_DEFAULT_MAX_JOBS = 10
 
 
 async def noop(ctx: dict[str, Any], **kwargs: Any) -> None:
@@ -31,18 +28,14 @@ def to_json(value: Any) -> bytes:
     return json.dumps(value, separators=(",", ":")).encode()
 
 
-def from_json(data: bytes) -> Any:
-    return json.loads(data)
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.noop_worker", description=__doc__)
     env, redis_url, queue = os.environ, "ORDERWORKER_REDIS_URL", "ORDERWORKER_QUEUE_NAME"
     # By default, the server and queue a product worker takes from the same environment.
     parser.add_argument("--redis-url", default=env.get(redis_url), required=redis_url not in env)
     parser.add_argument("--queue", default=env.get(queue), required=queue not in env)
-    parser.add_argument("--poll-delay", type=float, default=ARQ_DEFAULT_POLL_DELAY_S)
-    parser.add_argument("--max-jobs", type=int, default=ARQ_DEFAULT_MAX_JOBS)
+    parser.add_argument("--poll-delay", type=float, default=0.5)  # arq's own defaults
+    parser.add_argument("--max-jobs", type=int, default=10)
     return parser.parse_args(argv)
 
 
@@ -56,7 +49,7 @@ def main(argv: list[str] | None = None) -> None:
         poll_delay=args.poll_delay,
         max_jobs=args.max_jobs,
         job_serializer=to_json,
-        job_deserializer=from_json,
+        job_deserializer=json.loads,
     )
     worker.run()  # SIGTERM: arq's own handler cancels the main task and closes the pool
 

@@ -69,31 +69,6 @@ def warm_bytecode_cache() -> float:
     return time.perf_counter() - started
 
 
-class RssWatch:
-    """Samples a process's VmHWM from a thread until told to stop or the process is gone."""
-
-    def __init__(self, pid: int) -> None:
-        self.peak = 0
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._watch, args=(pid,), daemon=True)
-        self._thread.start()
-
-    def _watch(self, pid: int) -> None:
-        while not self._done.is_set():
-            try:  # gone once it has exited (or become a zombie)
-                with open(f"/proc/{pid}/status") as status:
-                    kib = next(line.split()[1] for line in status if line.startswith("VmHWM:"))
-            except (OSError, StopIteration):
-                return
-            self.peak = max(self.peak, int(kib) * 1024)
-            self._done.wait(RSS_POLL_S)
-
-    def stop(self) -> int:
-        self._done.set()
-        self._thread.join()
-        return self.peak
-
-
 LIVE: set[Child] = set()  # spawned and not reaped yet: killed by `kill_all` on the way out
 
 
@@ -113,35 +88,49 @@ class Child:
         self.label = label
         self.stdout_path = log_dir / f"{label}.out"
         self.stderr_path = log_dir / f"{label}.log"
-        command = [sys.executable, "-m", *args]
         self.started = time.perf_counter()
         with self.stdout_path.open("wb") as out, self.stderr_path.open("wb") as err:
             self.process = subprocess.Popen(
-                command, env=with_bytecode_cache(env), stdout=out, stderr=err
+                [sys.executable, "-m", *args], env=with_bytecode_cache(env), stdout=out, stderr=err
             )
-        self.rss = RssWatch(self.process.pid)
         self.result: Finished | None = None
+        self.peak_rss = 0
+        self._reaped = threading.Event()
+        self._rss_watch = threading.Thread(target=self._watch_rss, daemon=True)
+        self._rss_watch.start()
         LIVE.add(self)
 
-    def poll(self) -> Finished | None:
-        """Reap the child if it has exited (without blocking)."""
+    def poll(self, block: bool = False) -> Finished | None:
+        """Reap the child if it has exited (or, with `block`, once it does)."""
         if self.result is not None:
             return self.result
-        pid, status, usage = os.wait4(self.process.pid, os.WNOHANG)
+        pid, status, usage = os.wait4(self.process.pid, 0 if block else os.WNOHANG)
         if pid == 0:
             return None
-        peak_rss = self.rss.stop()
+        self._reaped.set()
+        self._rss_watch.join()
         LIVE.discard(self)
         # Reaped here, not by Popen: tell Popen so it never waits for the pid again.
         self.process.returncode = os.waitstatus_to_exitcode(status)
         self.result = Finished(
             returncode=self.process.returncode,
             seconds=time.perf_counter() - self.started,
-            peak_rss_mib=peak_rss / MIB,
+            peak_rss_mib=self.peak_rss / MIB,
             cpu_seconds=usage.ru_utime + usage.ru_stime,
             stdout=self.stdout_path.read_text(),
         )
         return self.result
+
+    def _watch_rss(self) -> None:
+        """Samples VmHWM until the child is reaped (or its /proc entry is gone)."""
+        while not self._reaped.is_set():
+            try:  # gone once it has exited (or become a zombie)
+                with open(f"/proc/{self.process.pid}/status") as status:
+                    kib = next(line.split()[1] for line in status if line.startswith("VmHWM:"))
+            except (OSError, StopIteration):
+                return
+            self.peak_rss = max(self.peak_rss, int(kib) * 1024)
+            self._reaped.wait(RSS_POLL_S)
 
     async def finished(self, timeout_s: float) -> Finished:
         try:
@@ -154,7 +143,8 @@ class Child:
     def check_alive(self) -> None:
         """Raise, with the tail of its log, once it has exited."""
         if self.poll() is not None:
-            raise RuntimeError(f"{self.label} exited early:\n{self.log_tail()}")
+            tail = self.stderr_path.read_text(errors="replace").splitlines()[-5:]
+            raise RuntimeError(f"{self.label} exited early:\n" + "\n".join(tail))
 
     async def stop(self, timeout_s: float = 60.0) -> Finished:
         """SIGTERM (a worker drains in-flight jobs first), then reap."""
@@ -165,11 +155,4 @@ class Child:
     def kill(self) -> None:
         if self.poll() is None:
             self.process.kill()
-            os.waitpid(self.process.pid, 0)
-            self.rss.stop()
-            self.process.returncode = -signal.SIGKILL
-            LIVE.discard(self)
-
-    def log_tail(self, lines: int = 5) -> str:
-        text = self.stderr_path.read_text(errors="replace").splitlines()
-        return "\n".join(text[-lines:])
+            self.poll(block=True)

@@ -33,11 +33,10 @@ class Results:
         return [outcome for outcome in found if outcome is not None]
 
 
-def rate_row(name: str, outcome: Outcome, noun: str, **details: Any) -> Row:
-    """A row of `outcome.count` orders or jobs at a rate per second."""
-    return Row(
-        name, f"{outcome.count:,} {noun}", outcome.seconds, outcome.rate, f"{noun}/s", **details
-    )
+def rate_row(name: str, outcome: Outcome, noun: str, note: str, **details: Any) -> Row:
+    """A row of `outcome.count` orders or jobs at a rate per second; its check leads the note."""
+    count, note = f"{outcome.count:,} {noun}", checked(outcome, note)
+    return Row(name, count, outcome.seconds, outcome.rate, f"{noun}/s", note=note, **details)
 
 
 def held_to(
@@ -55,7 +54,7 @@ def held_to(
     ratio = outcome.rate / baseline[0].rate
     passed = ratio >= target and outcome.ok
     details = {"ratio": ratio, "baseline": baseline[1], "target": target_text, "passed": passed}
-    return rate_row(name, outcome, noun, note=checked(outcome, note), **details)
+    return rate_row(name, outcome, noun, note, **details)
 
 
 def checked(outcome: Outcome, note: str) -> str:
@@ -67,10 +66,9 @@ def checked(outcome: Outcome, note: str) -> str:
 
 
 def build_rows(results: Results, settings: Settings) -> list[Row]:
-    assert results.submit and results.jobs
-    rows = _batch_rows(results)
-    rows += _job_rows(results, settings)
     submit = results.submit
+    assert submit is not None
+    rows = _batch_rows(results) + _job_rows(results, settings)
     rows.append(
         rate_row(
             "CLI submit: `totals --all --no-wait` (no worker)",
@@ -89,16 +87,10 @@ def _batch_rows(results: Results) -> list[Row]:
     rows = []
     for replicas, outcome in sorted(results.batch.items()):
         limit = results.sql_limits[replicas]
+        name = "SQL limit: one INSERT ... SELECT SUM ... GROUP BY ... ON CONFLICT"
         note = "measured right before, as the baseline of the next row"
-        rows.append(
-            rate_row(
-                "SQL limit: one INSERT ... SELECT SUM ... GROUP BY ... ON CONFLICT",
-                limit,
-                "orders",
-                note=checked(limit, note),
-            )
-        )
-        rows.append(
+        rows += [
+            rate_row(name, limit, "orders", note),
             held_to(
                 f"`totals --all`, {replicas} worker replica{'s' if replicas > 1 else ''}",
                 outcome,
@@ -107,8 +99,8 @@ def _batch_rows(results: Results) -> list[Row]:
                 baseline=(limit, "SQL limit"),
                 target=BATCH_TARGET,
                 target_text=f">= {BATCH_TARGET}x (aim {BATCH_AIM}x)",
-            )
-        )
+            ),
+        ]
     return rows
 
 
@@ -116,39 +108,37 @@ def _job_rows(results: Results, settings: Settings) -> list[Row]:
     """Single jobs on one replica, then the bare arq worker with the same tuning."""
     assert results.jobs is not None and results.noop is not None
     noop, jobs = results.noop, results.jobs
-    cpu = _cpu_per_job(jobs)
-    note = f"{jobs.note}; {_steady(jobs):,.0f} jobs/s after it; {cpu}"
-    name, target = "`compute_order_total` jobs, 1 replica", f">= {JOBS_TARGET}x"
-    baseline = (noop, "bare arq")
     tuning = f"poll {settings.worker.poll_delay_s:g}s, max_jobs {settings.worker.concurrency}"
-    noop_cpu = _cpu_per_job(noop)
-    noop_note = f"{tuning}: baseline for the jobs row; {noop.note}; "
     return [
         held_to(
-            name, jobs, "jobs", note, baseline=baseline, target=JOBS_TARGET, target_text=target
+            "`compute_order_total` jobs, 1 replica",
+            jobs,
+            "jobs",
+            _drain_note(jobs),
+            baseline=(noop, "bare arq"),
+            target=JOBS_TARGET,
+            target_text=f">= {JOBS_TARGET}x",
         ),
         rate_row(
             "bare arq worker, no-op jobs, same tuning",
             noop,
             "jobs",
-            note=f"{noop_note}{_steady(noop):,.0f} jobs/s after it; {noop_cpu}",
+            note=f"{tuning}: baseline for the jobs row; {_drain_note(noop)}",
         ),
     ]
 
 
-def _steady(outcome: Outcome) -> float:
-    return outcome.count / outcome.steady_seconds if outcome.steady_seconds else 0.0
-
-
-def _cpu_per_job(outcome: Outcome) -> str:
-    """The worker's CPU (from its first result to its exit) and Redis commands, per job."""
+def _drain_note(outcome: Outcome) -> str:
+    """Start-up, the rate after it, and the worker's CPU (first result to exit) and Redis
+    commands per job."""
+    steady = outcome.count / outcome.steady_seconds if outcome.steady_seconds else 0.0
     parts = []
     if outcome.worker_cpu_s:
         per_job_ms = (outcome.worker_cpu_s[0] - outcome.startup_cpu_s) / outcome.count * 1000
         parts.append(f"{per_job_ms:.2f} ms worker CPU per job")
     if outcome.redis_commands is not None:
         parts.append(f"{outcome.redis_commands / outcome.count:.1f} Redis commands per job")
-    return ", ".join(parts)
+    return f"{outcome.note}; {steady:,.0f} jobs/s after it; " + ", ".join(parts)
 
 
 def _memory_rows(results: Results) -> list[Row]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import shutil
 import sys
 import tempfile
 import time
@@ -23,13 +22,13 @@ import uvloop
 
 from bench import drain, measure
 from bench.latency import run_latency
-from bench.measure import Bench, Outcome, open_bench, product_args, say
+from bench.measure import Outcome
 from bench.noop_worker import NOOP_FUNCTION
 from bench.processes import exit_on_sigterm, kill_all, warm_bytecode_cache
 from bench.report import RESULTS_DIR, Row, results_section, write_readme
 from bench.rows import Results, build_rows
 from bench.soak import run_soak
-from bench.stack import BenchServers, bench_servers, server_versions
+from bench.stack import Bench, BenchServers, bench_servers, open_bench, say, server_versions
 from worker.settings import Settings, load_settings
 
 
@@ -58,11 +57,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def soak(args: argparse.Namespace) -> int:
-    root = Path(tempfile.mkdtemp(prefix="orderworker-soak-"))
-    try:
-        passed = asyncio.run(run_soak(args.jobs, args.kills, root))
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
+    with tempfile.TemporaryDirectory(
+        prefix="orderworker-soak-", ignore_cleanup_errors=True
+    ) as root:
+        passed = asyncio.run(run_soak(args.jobs, args.kills, Path(root)))
     print("PASS" if passed else "FAIL")
     return 0 if passed else 1
 
@@ -85,13 +83,12 @@ async def measure_all(bench: Bench, args: argparse.Namespace, results: Results) 
         results.batch[replicas] = await measured(f"totals --all, {replicas} replica(s)", batch)
     results.submit = await measured("CLI submit rate (no worker)", measure.cli_submit(bench))
     jobs = args.jobs
-    product = product_args("worker")
-    single = drain.single_jobs(bench, "jobs", jobs, "compute_order_total", product)
+    single = drain.single_jobs(bench, "jobs", jobs, "compute_order_total", ["worker", "worker"])
     results.jobs = await measured(f"{jobs:,} compute_order_total jobs, one replica", single)
     # arq tuning of the product's worker, for the bare arq worker it is compared with.
     worker = load_settings().worker
     tuned = ["--poll-delay", str(worker.poll_delay_s), "--max-jobs", str(worker.concurrency)]
-    noop = drain.single_jobs(bench, "noop", jobs, NOOP_FUNCTION, drain.noop_worker_args(*tuned))
+    noop = drain.single_jobs(bench, "noop", jobs, NOOP_FUNCTION, ["bench.noop_worker", *tuned])
     results.noop = await measured("bare arq no-op worker, same tuning", noop)
 
 
@@ -107,8 +104,7 @@ async def measure_run(
     args: argparse.Namespace, servers: BenchServers, log_dir: Path
 ) -> tuple[list[Row], Results]:
     async with open_bench(servers, args.orders, log_dir) as bench:
-        versions = await server_versions(bench.engine, servers.redis_url)
-        results = Results(orders=bench.orders, versions=versions)
+        results = Results(bench.orders, await server_versions(bench.engine, bench.redis))
         if args.latency:
             rows, ok = await run_latency(bench)
             results.problems = [] if ok else ["a latency check failed"]
@@ -120,9 +116,6 @@ async def measure_run(
 
 def report(rows: list[Row], results: Results, args: argparse.Namespace, private: bool) -> str:
     """The section for bench/README.md, also printed; written there unless --no-readme."""
-    marker, command = "results", "uv run python -m bench.run"
-    if args.latency:
-        marker, command = "latency", f"{command} --latency --orders {args.orders}"
     section = results_section(
         rows,
         orders=results.orders,
@@ -131,10 +124,11 @@ def report(rows: list[Row], results: Results, args: argparse.Namespace, private:
         tuning=tuning_of(load_settings()),
     )
     if args.latency:
+        command = f"uv run python -m bench.run --latency --orders {args.orders}"
         section = f"Reproduce with `{command}`.\n\n{section}"
     print(section)
     if not args.no_readme:
-        write_readme(section, marker)
+        write_readme(section, "latency" if args.latency else "results")
         say("bench/README.md updated")
     failed = [row.name for row in rows if row.passed is False]
     say("all targets met" if not failed else "targets missed: " + "; ".join(failed))

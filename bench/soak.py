@@ -8,6 +8,7 @@ each kill how long the jobs in flight took to run again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import statistics
@@ -39,6 +40,7 @@ SAMPLE_EVERY_S = 0.25
 FRONT_OF_QUEUE = 500  # in-flight jobs sit at the front of the queue until they finish
 RESULT_BATCH = 1000
 KILL_WINDOW = 0.05  # after its step, a kill waits up to this share of the jobs for a busy replica
+Results = dict[str, dict[str, object]]  # arq's stored results, by job id
 SOAK_SETTINGS = {
     "ORDERWORKER_WORKER__JOB_TIMEOUT_S": str(JOB_TIMEOUT_S),
     "ORDERWORKER_WORKER__HEALTH_INTERVAL_S": "0.5",
@@ -55,23 +57,22 @@ class Kill:
     recovery_s: float | None = None  # until each of them had a result
 
 
+async def in_flight_beat(client: OrderClient, replica: Replica) -> int | None:
+    """Jobs in flight by the replica's last heartbeat (a kill then orphans them); None: none yet."""
+    beats = await health.live_replicas(client.redis, QUEUE)
+    return next((int(b["in_flight"]) for b in beats if b["pid"] == replica.pid), None)
+
+
 async def wait_ready(client: OrderClient, replica: Replica) -> float:
     """Seconds from launch until the replica's first heartbeat."""
 
     async def beating() -> bool:
         if not replica.alive():
             raise RuntimeError(f"replica exited at start; see {replica.log_path}")
-        beats = await health.live_replicas(client.redis, QUEUE)
-        return any(beat["pid"] == replica.pid for beat in beats)
+        return await in_flight_beat(client, replica) is not None
 
     await poll_until(beating, "a replica's first heartbeat", READY_TIMEOUT_S, 0.1)
     return time.monotonic() - replica.started_at
-
-
-async def busy(client: OrderClient, replica: Replica) -> bool:
-    """Whether the replica's last heartbeat showed jobs in flight: a kill then orphans some."""
-    beats = await health.live_replicas(client.redis, QUEUE)
-    return any(b["pid"] == replica.pid and b["in_flight"] > 0 for b in beats)
 
 
 async def jobs_in_flight(client: OrderClient) -> list[str]:
@@ -83,8 +84,8 @@ async def jobs_in_flight(client: OrderClient) -> list[str]:
     return [job_id for job_id, flag in zip(front, flags, strict=True) if flag]
 
 
-async def results(client: OrderClient, job_ids: list[str]) -> dict[str, dict[str, object]]:
-    found: dict[str, dict[str, object]] = {}
+async def results(client: OrderClient, job_ids: list[str]) -> Results:
+    found: Results = {}
     for start in range(0, len(job_ids), RESULT_BATCH):
         batch = job_ids[start : start + RESULT_BATCH]
         stored = await client.redis.mget([result_key_prefix + job_id for job_id in batch])
@@ -97,20 +98,23 @@ async def results(client: OrderClient, job_ids: list[str]) -> dict[str, dict[str
 @dataclass
 class Soak:
     jobs: int
+    env: dict[str, str]
+    root: Path  # the replicas' logs
+    replicas: list[Replica] = field(default_factory=list)
     enqueue_s: float = 0.0
     elapsed_s: float = 0.0
     samples: list[tuple[float, int]] = field(default_factory=list)  # (time, jobs done)
     kills: list[Kill] = field(default_factory=list)
 
+    def spawn(self, n: int) -> Replica:
+        return Replica.spawn(self.env, self.root / f"replica-{n}.log", cwd=REPO_ROOT)
 
-async def drive(
-    client: OrderClient,
-    env: dict[str, str],
-    root: Path,
-    replicas: list[Replica],
-    soak: Soak,
-    kills: int,
-) -> None:
+    def kill_all(self) -> None:
+        for replica in self.replicas:
+            replica.kill()
+
+
+async def drive(client: OrderClient, soak: Soak, kills: int) -> None:
     """Enqueue every job, kill and replace a replica at even steps, wait for every result."""
     job_ids = [f"soak:{order_id}" for order_id in range(1, soak.jobs + 1)]
     started = time.monotonic()
@@ -123,9 +127,10 @@ async def drive(
     while time.monotonic() < started + DEADLINE_S:
         done = soak.jobs - await client.redis.zcard(QUEUE)
         soak.samples.append((time.monotonic(), done))
-        slot = len(soak.kills) % len(replicas)
-        overdue = bool(thresholds) and done >= thresholds[0] + soak.jobs * KILL_WINDOW
-        if thresholds and done >= thresholds[0] and (overdue or await busy(client, replicas[slot])):
+        replicas, slot = soak.replicas, len(soak.kills) % len(soak.replicas)
+        due = bool(thresholds) and done >= thresholds[0]
+        overdue = due and done >= thresholds[0] + soak.jobs * KILL_WINDOW
+        if due and (overdue or await in_flight_beat(client, replicas[slot])):
             thresholds.pop(0)
             replicas[slot].process.kill()
             killed_at = time.monotonic()
@@ -134,7 +139,7 @@ async def drive(
             kill = Kill(done, killed_at, in_flight, int(time.time() * 1000))
             kill.recovery_s = None if in_flight else 0.0
             await asyncio.to_thread(replicas[slot].process.wait)
-            replicas[slot] = spawn(env, root / f"replica-{len(soak.kills) + 2}.log")
+            replicas[slot] = soak.spawn(len(soak.kills) + 2)
             kill.restart_s = await wait_ready(client, replicas[slot])
             soak.kills.append(kill)
         for kill in [kill for kill in soak.kills if kill.recovery_s is None]:
@@ -147,51 +152,34 @@ async def drive(
     soak.elapsed_s = time.monotonic() - started
 
 
-def spawn(env: dict[str, str], log_path: Path) -> Replica:
-    return Replica.spawn(env, log_path, cwd=REPO_ROOT)
-
-
 async def run_soak(jobs: int, kills: int, root: Path) -> bool:
-    replicas: list[Replica] = []
-    client: OrderClient | None = None
     with LocalStack(root=root, name="soak") as urls:
-        try:
-            database_url = await create_database(urls.database_url, "soak")
-            env = replica_env(
-                database_url, urls.redis_url, QUEUE, inherit_settings=False, extra=SOAK_SETTINGS
-            )
+        database_url = await create_database(urls.database_url, "soak")
+        env = replica_env(
+            database_url, urls.redis_url, QUEUE, inherit_settings=False, extra=SOAK_SETTINGS
+        )
+        soak = Soak(jobs, env, root)
+        async with contextlib.AsyncExitStack() as cleanup:  # in reverse: replicas killed first
             client = await OrderClient.connect(redis_settings_from_url(urls.redis_url), QUEUE)
+            cleanup.push_async_callback(client.close)
             engine = create_engine(database_url)
-            try:
-                await load_orders(engine, jobs - 3)  # the 3 sample orders and generated ones
-                replicas = [spawn(env, root / f"replica-{n}.log") for n in range(2)]
-                for replica in replicas:
-                    await wait_ready(client, replica)
-                soak = Soak(jobs)
-                await drive(client, env, root, replicas, soak, kills)
-                outcome = await results(client, [f"soak:{n}" for n in range(1, jobs + 1)])
-                check = await check_totals(engine)
-            finally:
-                await engine.dispose()
-            exit_codes = await asyncio.to_thread(stop_all, replicas, 60)
-            return verdict(soak, outcome, check, exit_codes, root)
-        finally:
-            for replica in replicas:
-                replica.kill()
-            if client is not None:
-                await client.close()
+            cleanup.push_async_callback(engine.dispose)
+            cleanup.callback(soak.kill_all)
+            await load_orders(engine, jobs - 3)  # the 3 sample orders and generated ones
+            soak.replicas += [soak.spawn(n) for n in range(2)]
+            for replica in soak.replicas:
+                await wait_ready(client, replica)
+            await drive(client, soak, kills)
+            outcome = await results(client, [f"soak:{n}" for n in range(1, jobs + 1)])
+            check = await check_totals(engine)
+            exit_codes = await asyncio.to_thread(stop_all, soak.replicas, 60)
+            return verdict(soak, outcome, check, exit_codes)
 
 
-def verdict(
-    soak: Soak,
-    outcome: dict[str, dict[str, object]],
-    check: TotalsCheck,
-    exit_codes: list[int],
-    root: Path,
-) -> bool:
+def verdict(soak: Soak, outcome: Results, check: TotalsCheck, exit_codes: list[int]) -> bool:
     failed = report(soak, outcome, check)
     print(f"replica exit codes   {exit_codes} after SIGTERM")
-    logs = read_logs(root)
+    logs = "".join(path.read_text(errors="replace") for path in sorted(soak.root.glob("*.log")))
     retrying, errors = logs.count('"job.retrying"'), logs.count('"level": "error"')
     print(f"log lines            {retrying} job.retrying, {errors} at error level")
     return (
@@ -204,11 +192,7 @@ def verdict(
     )
 
 
-def read_logs(root: Path) -> str:
-    return "".join(path.read_text(errors="replace") for path in sorted(root.glob("*.log")))
-
-
-def report(soak: Soak, outcome: dict[str, dict[str, object]], check: TotalsCheck) -> int:
+def report(soak: Soak, outcome: Results, check: TotalsCheck) -> int:
     """Print the figures; returns the number of failed jobs."""
     failed = sum(1 for result in outcome.values() if not result.get("s"))
     tries = Counter(int(str(result.get("t"))) for result in outcome.values())
@@ -217,7 +201,7 @@ def report(soak: Soak, outcome: dict[str, dict[str, object]], check: TotalsCheck
         for (time_1, done_1), (time_2, done_2) in itertools.pairwise(soak.samples)
         if done_2 < soak.jobs and time_2 > time_1
     ]
-    expiry_s = JOB_TIMEOUT_S + ARQ_TIMEOUT_MARGIN_S + 10
+    expiry = JOB_TIMEOUT_S + ARQ_TIMEOUT_MARGIN_S + 10
     print(f"jobs                 {soak.jobs:,} compute_order_total, 2 replicas")
     print(f"enqueue (pipelined)  {soak.enqueue_s:.2f}s = {soak.jobs / soak.enqueue_s:,.0f} jobs/s")
     print(f"wall time            {soak.elapsed_s:.1f}s from first enqueue to last result")
@@ -236,9 +220,8 @@ def report(soak: Soak, outcome: dict[str, dict[str, object]], check: TotalsCheck
         recovery = "never" if kill.recovery_s is None else f"{kill.recovery_s:.1f}s"
         print(
             f"kill {n}               at {kill.at_done:,} done: {len(own)} in flight, "
-            f"{rerun} of them the killed replica's (run again), all finished {recovery} after "
-            f"the SIGKILL "
-            f"(in-progress expiry {expiry_s:g}s); replacement ready in {kill.restart_s:.1f}s"
+            f"{rerun} of them the killed replica's (run again), all finished {recovery} after the "
+            f"SIGKILL (in-progress expiry {expiry:g}s); replacement ready in {kill.restart_s:.1f}s"
         )
     print(f"results              {len(outcome):,} of {soak.jobs:,}; failed {failed}")
     print(f"tries                {dict(sorted(tries.items()))}")
