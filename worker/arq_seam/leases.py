@@ -55,6 +55,16 @@ class LeaseKeeper:
         """One renewal, bounded: a Redis that hangs must not hold the keeper past a lease."""
         async with asyncio.timeout(self.lease_s):
             await redis.set(self.key, self.replica_id, px=max(1, int(self.lease_s * 1000)))
+        now = time.monotonic()
+        # A gap longer than a lease (a freeze, a stalled loop) starts the count again.
+        if self._healthy_since is None or now - self._renewed_at > self.lease_s:
+            self._healthy_since = now
+        self._renewed_at = now
+
+    def lapsed(self) -> bool:
+        """Whether our lease may have expired since it was last renewed: other replicas may have
+        taken our claims over (after a freeze, a stalled loop, an outage)."""
+        return time.monotonic() - self._renewed_at > self.lease_s
 
     def may_reclaim(self) -> bool:
         """Another replica's claim is taken over only once ours has been renewed without a gap
@@ -82,10 +92,4 @@ class LeaseKeeper:
                 if self._healthy_since is not None:
                     log.warning("worker.lease_not_renewed", error=f"{type(error).__name__}")
                 self._healthy_since = None
-            else:
-                now = time.monotonic()
-                # A gap longer than a lease (a freeze, a stalled loop) starts the count again.
-                if self._healthy_since is None or now - self._renewed_at > self.lease_s:
-                    self._healthy_since = now
-                self._renewed_at = now
             await asyncio.sleep(period_s)

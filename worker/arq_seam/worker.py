@@ -12,6 +12,7 @@ from typing import Any
 
 import structlog
 from arq.connections import create_pool, log_redis_info
+from arq.constants import in_progress_key_prefix
 from arq.utils import to_ms
 from arq.worker import Function, Worker
 from arq.worker import logger as arq_logger
@@ -70,6 +71,7 @@ class SeamWorker(Worker):
         self.lane_finish = LaneFinish(self.queue_name, replica_id)
         self._scripts: QueueScripts | None = None
         self._claims: LaneClaims | None = None
+        self.finishing.still_ours = self._still_ours
 
     @property
     def scripts(self) -> QueueScripts:
@@ -93,6 +95,17 @@ class SeamWorker(Worker):
     def request_stop(self, signum: signal.Signals) -> None:
         """Instead of arq's handle_sig / handle_sig_wait_for_completion: see drain.py."""
         self.drain.request(signum)
+
+    async def _still_ours(self, job_id: str) -> bool:
+        """One GET, and only while our lease may have lapsed: no round trip per job otherwise.
+        Unsure (Redis unreachable) means yes: the finish is fenced anyway."""
+        if not self.leases.lapsed():
+            return True
+        try:
+            holder = await self.pool.get(in_progress_key_prefix + job_id)
+        except REDIS_ERRORS:
+            return True
+        return holder is not None and holder.decode() == self.replica_id
 
     async def _job_started(self, ctx: dict[str, Any]) -> None:
         # arq's on_job_start hook: run_job has counted the try and is about to call the job.
