@@ -94,7 +94,7 @@ async def test_a_replica_renews_one_lease_and_removes_it_on_close(
     keeper = LeaseKeeper(queue_name, US, lease_s=0.3)
     keeper.start(redis)
     deadline = time.monotonic() + 5
-    while not keeper.may_reclaim():  # once renewed without a gap for a whole lease
+    while not keeper.may_reclaim():  # once renewed without a gap for long enough
         assert time.monotonic() < deadline
         await redis.ping()
     assert await redis.get(lease_key(queue_name, US)) == US.encode()

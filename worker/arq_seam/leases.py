@@ -25,6 +25,9 @@ log = structlog.get_logger("orderworker.worker")
 
 LEASE_KEY_PREFIX = "orderworker:lease:"
 BEATS_PER_LEASE = 3
+# A renewal that meets an outage can take a lease (its timeout) plus a period to be retried: two
+# leases of our own renewals cover any live replica's first renewal after the same outage.
+LEASES_BEFORE_RECLAIM = 2
 # arq's own claim value: a plain arq worker's job, honoured until arq's TTL ends it.
 ARQ_CLAIM_VALUE = "1"
 
@@ -68,10 +71,11 @@ class LeaseKeeper:
 
     def may_reclaim(self) -> bool:
         """Another replica's claim is taken over only once ours has been renewed without a gap
-        for a whole lease: after a Redis outage every lease lapsed, and a live replica gets one
-        lease to renew its own before anyone decides it is gone."""
+        for LEASES_BEFORE_RECLAIM leases: after a Redis outage every lease lapsed, and a live
+        replica gets that long to renew its own before anyone decides it is gone."""
         since = self._healthy_since
-        return since is not None and time.monotonic() - since >= self.lease_s
+        wait_s = LEASES_BEFORE_RECLAIM * self.lease_s
+        return since is not None and time.monotonic() - since >= wait_s
 
     async def close(self, redis: Redis | None) -> None:
         if self._task is not None:
