@@ -96,8 +96,8 @@ def registry(job_timeout_s: float, max_tries: int) -> list[Function]:
     """The one explicit list of jobs a worker runs, under their public names.
 
     arq's own timeout sits just above the job's so the job's (retryable) timeout fires first. arq
-    keeps a started job's in-progress key for its timeout + 10 s: that is how long a job of a
-    killed replica waits before another replica runs it.
+    keeps a started job's in-progress key for its timeout + 10 s: only a backstop, since a killed
+    replica's jobs move on once its lease lapses (worker/arq_seam/leases.py).
     """
     arq_timeout = job_timeout_s + ARQ_TIMEOUT_MARGIN_S
     return [

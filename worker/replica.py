@@ -50,6 +50,7 @@ class OrderWorker(SeamWorker):
             replica_id=f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}",
             shutdown_grace_s=tuning.shutdown_grace_s,
             batch_slots=_batch_slots(settings),
+            lease_s=tuning.lease_s,
             queue_name=settings.queue_name,
             redis_settings=redis_settings_from_url(settings.redis_dsn()),
             poll_delay=tuning.poll_delay_s,
@@ -90,7 +91,9 @@ class OrderWorker(SeamWorker):
         database, tuning = self.settings.database, self.settings.worker
         sessionmaker = create_sessionmaker(engine)
         db_slots = asyncio.Semaphore(database.pool_size + database.max_overflow)
-        dead_letters = DeadLetters(self.pool, self.queue_name, sessionmaker, db_slots)
+        dead_letters = DeadLetters(
+            self.pool, self.queue_name, sessionmaker, db_slots, replica_id=self.replica_id
+        )
         self.use_dead_letters(dead_letters)
         return WorkerContext(
             redis=self.pool,

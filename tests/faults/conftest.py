@@ -47,12 +47,15 @@ from worker.settings import Settings
 ORDER_COUNT = 20_000  # the 3 sample orders plus generated ones
 CHUNK_SIZE = 200
 CONCURRENCY = 4
-# As short as the stalls allow: a killed replica's jobs wait for it (see IN_PROGRESS_TTL_S), but a
-# chunk blocked on the test's locks must not time out before the fault lands (~1-2 s after the stall
-# began, on a loaded machine): a timed-out chunk frees its slot and the batch moves on.
+# As short as the stalls allow: a chunk blocked on the test's locks must not time out before the
+# fault lands (~1-2 s after the stall began, on a loaded machine): a timed-out chunk frees its slot
+# and the batch moves on.
 JOB_TIMEOUT_S = 3.0
+# A killed or frozen replica's jobs move on this long after its last lease renewal: short, so the
+# suite stays fast, and still three renewals long on a loaded machine.
+LEASE_S = 1.0
 # arq keeps a started job's in-progress key for its largest job timeout (ours plus a margin) plus
-# 10 s; a job whose replica died is picked up again once that key expires.
+# 10 s: the backstop for a claim whose lease is never looked at again.
 ARQ_IN_PROGRESS_EXTRA_S = 10.0
 IN_PROGRESS_TTL_S = JOB_TIMEOUT_S + ARQ_TIMEOUT_MARGIN_S + ARQ_IN_PROGRESS_EXTRA_S
 BATCH_DEADLINE_S = 45.0
@@ -63,6 +66,7 @@ WORKER_ENV = {
     "ORDERWORKER_WORKER__BATCH_SLOTS": str(CONCURRENCY),
     "ORDERWORKER_DATABASE__BATCH_CONNECTIONS": str(CONCURRENCY),
     "ORDERWORKER_WORKER__JOB_TIMEOUT_S": str(JOB_TIMEOUT_S),
+    "ORDERWORKER_WORKER__LEASE_S": str(LEASE_S),
     "ORDERWORKER_WORKER__MAX_TRIES": "20",
     "ORDERWORKER_WORKER__RETRY_BASE_DELAY_S": "0.05",
     "ORDERWORKER_WORKER__RETRY_MAX_DELAY_S": "1.0",
@@ -275,10 +279,24 @@ async def assert_batch_exact(summary: BatchSummary, engine: AsyncEngine) -> None
 
 
 async def job_tries(redis: Redis, job_ids: list[str]) -> dict[str, int]:
-    """The try on which each finished job succeeded, from arq's stored results."""
+    """The try recorded in each finished job's stored result (arq's `t`)."""
     raw = await redis.mget([result_key_prefix + job_id for job_id in job_ids])
     return {
         job_id: int(json.loads(data)["t"])
         for job_id, data in zip(job_ids, raw, strict=True)
         if data is not None
     }
+
+
+def job_done_counts(workers: list[Replica], job_ids: list[str]) -> dict[str, int]:
+    """How many times each job ran to its end, over every replica: its `job.done` log lines."""
+    counts = dict.fromkeys(job_ids, 0)
+    for worker in workers:
+        for event in worker.events("job.done"):
+            if event.get("job_id") in counts:
+                counts[event["job_id"]] += 1
+    return counts
+
+
+def logged(workers: list[Replica], event: str) -> list[dict[str, object]]:
+    return [line for worker in workers for line in worker.events(event)]

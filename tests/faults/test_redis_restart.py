@@ -1,5 +1,7 @@
 """Redis restarted mid-batch: replicas reconnect with backoff and carry on (they never exit), the
-batch completes, and with AOF no job enqueued before the restart is lost. One restart serves two
+batch completes, with AOF no job enqueued before the restart is lost, and no job runs twice: the
+results of jobs that finished while Redis was away are kept and written once it is back, and no
+replica takes over another's jobs before it had a lease to renew its own. One restart serves two
 pairs of replicas at once, each on its own database and queue: at a low concurrency, and at the
 full default one (which must also resume promptly, with nothing logged at error level)."""
 
@@ -11,6 +13,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from jobs.batches import chunk_job_id
 from tests.conftest import poll_until, queued_ids
 from tests.faults.conftest import (
     BATCH_DEADLINE_S,
@@ -21,6 +24,7 @@ from tests.faults.conftest import (
     PrivateStack,
     StalledBatch,
     assert_batch_exact,
+    job_done_counts,
     job_tries,
     totals_reach,
     wait_for_batch,
@@ -68,8 +72,8 @@ async def _stall_mid_batch(
 
 
 async def _committed_during_the_outage(batch: MidBatch) -> None:
-    # The blocked chunks now commit their totals but cannot store their results: those are lost
-    # with the connection, and the chunks run again once their in-progress keys expire.
+    # The blocked chunks now commit their totals but cannot store their results: each replica
+    # keeps them in memory and writes them once Redis is back, so these chunks never run again.
     await batch.stalled.release()
     committed = batch.stalled.totals_at_stall + 2 * batch.concurrency * CHUNK_SIZE
     engine = batch.scenario.engine
@@ -95,6 +99,10 @@ async def _completed_exactly(batch: MidBatch, back_at: float) -> None:
     await assert_batch_exact(summary, batch.scenario.engine)
     tries = await job_tries(batch.scenario.client.redis, sorted(batch.queued))
     assert set(tries) == batch.queued  # every job queued before the restart finished after it
+    job_ids = [chunk_job_id(summary.batch_id, n) for n in range(summary.jobs)]
+    # Ran once each: one try, one `job.done`; the blocked chunks' results waited out the outage.
+    assert await job_tries(batch.scenario.client.redis, job_ids) == dict.fromkeys(job_ids, 1)
+    assert job_done_counts(batch.workers, job_ids) == dict.fromkeys(job_ids, 1)
     for worker in batch.workers:
         assert worker.alive(), worker.excerpt()
 

@@ -23,6 +23,7 @@ from worker.arq_seam.lane_claims import LaneClaim, LaneClaims
 from worker.arq_seam.scripts import QueueScripts
 
 TTL_MS = 15_000
+REPLICA = "replica-a"  # the replica whose scripts these are
 
 
 async def queue_jobs(redis: Redis, queue_name: str, scores: dict[str, int]) -> None:
@@ -35,7 +36,13 @@ def named(queue_name: str, *names: str) -> list[str]:
 
 
 def claim(
-    claims: LaneClaims, now: int, *, free: int = 5, batch_free: int = 5, read_limit: int = 100
+    claims: LaneClaims,
+    now: int,
+    *,
+    free: int = 5,
+    batch_free: int = 5,
+    read_limit: int = 100,
+    may_reclaim: bool = False,
 ) -> Awaitable[LaneClaim]:
     return claims.claim(
         free=free,
@@ -43,6 +50,7 @@ def claim(
         read_limit=read_limit,
         now_ms=now,
         in_progress_ttl_ms=TTL_MS,
+        may_reclaim=may_reclaim,
     )
 
 
@@ -50,12 +58,13 @@ async def test_claims_due_jobs_in_order_up_to_the_free_slots(redis: Redis, queue
     now = int(time.time() * 1000)
     a, b, c = named(queue_name, "a", "b", "c")
     await queue_jobs(redis, queue_name, {a: now - 3, b: now - 2, c: now - 1})
-    claimed = await claim(LaneClaims(redis, queue_name), now, free=2)
+    claimed = await claim(LaneClaims(redis, queue_name, REPLICA), now, free=2)
     assert claimed.interactive == [(a, now - 3), (b, now - 2)]
     assert claimed.batch == []
     for job_id in (a, b):
         ttl = await redis.pttl(in_progress_key_prefix + job_id)
         assert 0 < ttl <= TTL_MS
+        assert await redis.get(in_progress_key_prefix + job_id) == REPLICA.encode()  # the owner
     assert not await redis.exists(in_progress_key_prefix + c)  # left for the next claim
 
 
@@ -66,7 +75,7 @@ async def test_skips_jobs_running_elsewhere_deferred_or_no_longer_queued(
     running, deferred, due = named(queue_name, "running", "deferred", "due")
     await queue_jobs(redis, queue_name, {running: now, deferred: now + 60_000, due: now})
     await redis.set(in_progress_key_prefix + running, b"1", px=TTL_MS)
-    claims = LaneClaims(redis, queue_name)
+    claims = LaneClaims(redis, queue_name, REPLICA)
     claimed = await claim(claims, now)
     assert claimed.interactive == [(due, now)]
     assert not await redis.exists(in_progress_key_prefix + deferred)
@@ -90,7 +99,7 @@ async def test_moves_batch_jobs_to_their_lane_and_claims_within_the_batch_slots(
         await redis.set(job_key_prefix + job_id, envelope("compute_batch_totals"), px=TTL_MS)
     await redis.set(job_key_prefix + interactive, envelope("place_order"), px=TTL_MS)
     await redis.set(job_key_prefix + broken, b"compute_batch_totals{", px=TTL_MS)
-    claimed = await claim(LaneClaims(redis, queue_name), now, free=5, batch_free=1)
+    claimed = await claim(LaneClaims(redis, queue_name, REPLICA), now, free=5, batch_free=1)
     # Undecodable or missing envelopes are interactive: arq's run_job fails them as always.
     assert claimed.interactive == [(interactive, now - 4), (broken, now - 3), (missing, now - 2)]
     assert claimed.batch == [(queued, now - 9)]  # one batch slot: the earliest batch job
@@ -106,7 +115,7 @@ async def test_a_batch_job_running_elsewhere_is_not_moved(redis: Redis, queue_na
     await queue_jobs(redis, queue_name, {running: now})
     await redis.set(job_key_prefix + running, envelope("compute_batch_totals"), px=TTL_MS)
     await redis.set(in_progress_key_prefix + running, b"1", px=TTL_MS)
-    claimed = await claim(LaneClaims(redis, queue_name), now)
+    claimed = await claim(LaneClaims(redis, queue_name, REPLICA), now)
     assert claimed.jobs() == []
     # A plain arq worker runs it: its finish removes it from arq's queue, where it still is.
     assert await redis.zscore(queue_name, running) == now
@@ -134,9 +143,9 @@ async def test_finish_stores_the_result_and_removes_the_job_as_arq_does(
     await queue_jobs(redis, queue_name, {job_id: 1, other: 2})
     await redis.set(job_key_prefix + job_id, b"{}")
     await redis.set(retry_key_prefix + job_id, b"1")
-    await redis.set(in_progress_key_prefix + job_id, b"1")
+    await redis.set(in_progress_key_prefix + job_id, REPLICA)
     await redis.zadd(abort_jobs_ss, {job_id: 1})
-    scripts = QueueScripts(redis, queue_name)
+    scripts = QueueScripts(redis, queue_name, REPLICA)
     async with redis.pubsub() as pubsub:
         await pubsub.subscribe(done_channel(queue_name))
         await scripts.finish(job_id, b'{"s":true}', result_ttl_ms=60_000, lane="interactive")
@@ -148,6 +157,7 @@ async def test_finish_stores_the_result_and_removes_the_job_as_arq_does(
         assert not await redis.exists(prefix + job_id)
     assert await redis.zrange(queue_name, 0, -1) == [other.encode()]
     assert await redis.zscore(abort_jobs_ss, job_id) is None
+    await redis.set(in_progress_key_prefix + kept, REPLICA)
     await scripts.finish(kept, b"{}", result_ttl_ms=None, lane="interactive")
     assert await redis.pttl(result_key_prefix + kept) == -1  # kept forever
     await redis.delete(result_key_prefix + job_id, result_key_prefix + kept)
@@ -159,8 +169,10 @@ async def test_finish_removes_a_batch_job_from_the_batch_lane(
     batch_lane = lane_queue(queue_name, "batch")
     job_id, other = named(queue_name, "finished", "other")
     await queue_jobs(redis, batch_lane, {job_id: 1, other: 2})
-    await redis.set(in_progress_key_prefix + job_id, b"1")
-    await QueueScripts(redis, queue_name).finish(job_id, b"{}", result_ttl_ms=60_000, lane="batch")
+    await redis.set(in_progress_key_prefix + job_id, REPLICA)
+    await QueueScripts(redis, queue_name, REPLICA).finish(
+        job_id, b"{}", result_ttl_ms=60_000, lane="batch"
+    )
     assert await redis.zrange(batch_lane, 0, -1) == [other.encode()]
     assert not await redis.exists(in_progress_key_prefix + job_id)
     await redis.delete(result_key_prefix + job_id)

@@ -211,3 +211,12 @@ def test_an_unparseable_url_is_named_not_echoed(
     assert variable in message
     assert "not a valid URL" in message
     assert "hunter2" not in message
+
+
+def test_the_lease_is_three_seconds_by_default_and_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_settings().worker.lease_s == 3.0
+    monkeypatch.setenv("ORDERWORKER_WORKER__LEASE_S", "0.5")
+    assert load_settings().worker.lease_s == 0.5
+    for value in ("0", "0.05", "61", "soon"):
+        message = settings_error(monkeypatch, ORDERWORKER_WORKER__LEASE_S=value)
+        assert message.startswith("invalid setting ORDERWORKER_WORKER__LEASE_S: "), message

@@ -12,6 +12,10 @@ collaborator that says which arq code it mirrors:
   a lost Redis; dead letters (dead_letters.py) for failures arq decides itself; retries and
   failures on the job's own lane, each final result announced on `<queue>:done`
   (lane_finish.py);
+- leases (leases.py): each claim names its replica, which renews one liveness key; a claim whose
+  replica stopped renewing is taken over, and every finish, retry and dead letter is written
+  only while the claim still names this replica; results that meet a Redis outage are kept and
+  written once it is back (pending.py);
 - heartbeats (heartbeats.py): `record_health` also writes a per-replica key; `close` removes it;
 - the drain (drain.py): SIGTERM stops claims, waits, cuts off and requeues without using a try;
 - arq's wording (wording.py): the texts of `JobExecutionFailed` and of arq's failure log line.

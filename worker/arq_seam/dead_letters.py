@@ -2,7 +2,9 @@
 
 The job runner records the failures it classifies (jobs/runner.py); the seam records the ones arq
 decides itself: `finish_failed_job` (undecodable payload, unknown function, expired, max tries
-exceeded) and arq's own timeout (finishing.py). Either way the row holds the same fields.
+exceeded) and arq's own timeout (finishing.py). Either way the row holds the same fields. A
+failure is recorded only while the job's in-progress key names this replica: a replica that woke
+after its lease moved on does not record the job another replica now runs (leases.py).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import asyncio
 from typing import Any
 
 import structlog
-from arq.constants import job_key_prefix
+from arq.constants import in_progress_key_prefix, job_key_prefix
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -32,8 +34,11 @@ class DeadLetters:
         queue_name: str,
         sessionmaker: async_sessionmaker[AsyncSession],
         db_slots: asyncio.Semaphore,
+        *,
+        replica_id: str,
     ) -> None:
         self.redis = redis
+        self.replica_id = replica_id
         self.queue_name = queue_name
         self.sessionmaker = sessionmaker
         self.db_slots = db_slots
@@ -74,7 +79,12 @@ class DeadLetters:
         self, job_id: str, *, function: str, error_code: str, error_message: str, tries: int
     ) -> None:
         try:
-            raw = await self.redis.get(job_key_prefix + job_id)
+            raw, holder = await self.redis.mget(
+                [job_key_prefix + job_id, in_progress_key_prefix + job_id]
+            )
+            if holder is None or holder.decode() != self.replica_id:
+                log.warning("job.lease_lost", job_id=job_id, dead_letter=error_code)
+                return
             failure = FailureRecord(
                 job_id=job_id,
                 function=function,

@@ -4,15 +4,21 @@ arq 0.28.0 `Worker.run_job` fails a job without our runner in two ways: before i
 undecodable, unknown function, max tries exceeded; all through `finish_failed_job`) and when its
 own timeout cuts the job off (`finish_job` with a TimeoutError result). The runner never saw
 either, so they are recorded here, from the result arq stored.
+
+A replica whose lease may have lapsed (it was frozen, or cut off from Redis) asks, before it
+starts a job it claimed, whether the claim is still its own; a job another replica took over is
+handed back to arq as `RetryJob` (arq's "cancelled, will be run again"), whose finish the lease
+then fences off: the job body does not run twice.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any
 
-from arq.worker import Function
+from arq.worker import Function, RetryJob
 
 from worker.arq_seam.dead_letters import DeadLetters
 
@@ -21,13 +27,19 @@ class Finishing:
     def __init__(self) -> None:
         self.dead_letters: DeadLetters | None = None  # set once the database is reachable
         self._cut_off: set[str] = set()
+        # Whether a job is still ours to start; set by the worker once its pool exists.
+        self.still_ours: Callable[[str], Awaitable[bool]] | None = None
 
     def track(self, function: Function) -> Function:
         """The function arq runs, noting jobs cancelled mid-run (arq's timeout, a drain)."""
         coroutine = function.coroutine
         cut_off = self._cut_off
+        finishing = self
 
         async def tracked(ctx: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+            still_ours = finishing.still_ours
+            if still_ours is not None and not await still_ours(ctx["job_id"]):
+                raise RetryJob()
             try:
                 return await coroutine(ctx, *args, **kwargs)
             except asyncio.CancelledError:

@@ -12,12 +12,15 @@ import asyncio
 import contextlib
 from typing import Any
 
+import structlog
 from arq.utils import timestamp_ms
 from arq.worker import Worker
 
 from jobs.lanes import Lane
 from worker.arq_seam.lane_claims import LaneClaims
 from worker.arq_seam.scripts import QueueScripts
+
+log = structlog.get_logger("orderworker.worker")
 
 
 class Intake:
@@ -71,10 +74,16 @@ class Intake:
         self._news.set()
 
     async def take(
-        self, claims: LaneClaims, scripts: QueueScripts, read_limit: int, at_most: int | None
+        self,
+        claims: LaneClaims,
+        scripts: QueueScripts,
+        read_limit: int,
+        at_most: int | None,
+        may_reclaim: bool,
     ) -> int:
         """Claim up to the free slots of each lane (and `at_most`) in one round trip and start
-        those jobs; how many were claimed. A Redis error claims nothing, so takes no slot."""
+        those jobs; how many were claimed. A Redis error claims nothing, so takes no slot. With
+        `may_reclaim`, jobs of replicas whose lease lapsed are taken over (leases.py)."""
         worker = self.worker
         free = self.free_slots() if at_most is None else min(at_most, self.free_slots())
         async with self.claiming:
@@ -84,8 +93,11 @@ class Intake:
                 read_limit=read_limit,
                 now_ms=timestamp_ms(),
                 in_progress_ttl_ms=int(worker.in_progress_timeout_s * 1000),
+                may_reclaim=may_reclaim,
             )
             jobs = claimed.jobs()
+            if claimed.reclaimed:
+                log.info("job.reclaimed", job_ids=claimed.reclaimed)
             if not worker.allow_pick_jobs:  # a drain began while the claim was on its way
                 await scripts.release([job_id for job_id, _, _ in jobs])
                 return 0

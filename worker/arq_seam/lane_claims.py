@@ -7,28 +7,35 @@ script does both for the two lanes of jobs/lanes.py, and moves a batch job a pla
 wrote into the interactive lane (arq's queue) to the batch lane, with its score, before anyone
 runs it there. A job running elsewhere is never moved: the replica running it removes it from
 the queue it took it from.
+
+The in-progress key holds the claiming replica's id instead of arq's `1` (leases.py). A due job
+whose claim names a replica with no lease left is taken over (reclaimed); arq's own `1` and our
+own id are never taken over (arq's claim lasts its TTL; our own job is still running here).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from arq.constants import in_progress_key_prefix, job_key_prefix
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
 from jobs.lanes import BATCH_FUNCTIONS, Lane, lane_queue
+from worker.arq_seam.leases import lease_prefix
 
 # KEYS[1]: the interactive lane, KEYS[2]: the batch lane. ARGV: now in ms, the in-progress TTL
 # in ms, free slots, free batch slots, how many due ids to read from each lane, the in-progress
-# and job key prefixes, then the batch function names. Returns {interactive, batch}: each a flat
-# list of job id, score for the jobs claimed.
+# and job key prefixes, this replica's id, the lease key prefix, '1' if claims of replicas
+# without a lease may be taken over, then the batch function names. Returns {interactive, batch,
+# reclaimed}: the first two a flat list of job id, score for the jobs claimed.
 CLAIM_SCRIPT = """
 local now, ttl = ARGV[1], ARGV[2]
 local free, batch_free, limit = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local running, envelopes = ARGV[6], ARGV[7]
+local owner, leases, may_reclaim = ARGV[8], ARGV[9], ARGV[10] == '1'
 local batch_functions = {}
-for i = 8, #ARGV do batch_functions[ARGV[i]] = true end
+for i = 11, #ARGV do batch_functions[ARGV[i]] = true end
 
 -- A missing or undecodable envelope is interactive: arq's run_job fails it as it always did.
 local function is_batch(job_id)
@@ -43,10 +50,21 @@ local function is_batch(job_id)
     return ok and type(decoded) == 'table' and batch_functions[decoded['f']] == true
 end
 
-local function claim(into, job_id, score)
-    redis.call('PSETEX', running .. job_id, ttl, '1')
+-- 'free' (no claim), 'lapsed' (its replica's lease is gone) or false (held).
+local function claim_state(job_id)
+    local holder = redis.call('GET', running .. job_id)
+    if not holder then return 'free' end
+    if not may_reclaim or holder == '1' or holder == owner then return false end
+    if redis.call('EXISTS', leases .. holder) == 1 then return false end
+    return 'lapsed'
+end
+
+local reclaimed = {}
+local function claim(into, job_id, score, state)
+    redis.call('PSETEX', running .. job_id, ttl, owner)
     into[#into + 1] = job_id
     into[#into + 1] = score
+    if state == 'lapsed' then reclaimed[#reclaimed + 1] = job_id end
     free = free - 1
 end
 
@@ -54,12 +72,13 @@ local interactive, batch = {}, {}
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'WITHSCORES', 'LIMIT', 0, limit)
 for i = 1, #due, 2 do
     local job_id, score = due[i], due[i + 1]
-    if redis.call('EXISTS', running .. job_id) == 0 then
+    local state = claim_state(job_id)
+    if state then
         if is_batch(job_id) then
             redis.call('ZADD', KEYS[2], score, job_id)
             redis.call('ZREM', KEYS[1], job_id)
         elseif free > 0 then
-            claim(interactive, job_id, score)
+            claim(interactive, job_id, score, state)
         end
     end
 end
@@ -68,22 +87,25 @@ if batch_free > 0 then
     due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'WITHSCORES', 'LIMIT', 0, limit)
     for i = 1, #due, 2 do
         if batch_free == 0 then break end
-        if redis.call('EXISTS', running .. due[i]) == 0 then
-            claim(batch, due[i], due[i + 1])
+        local state = claim_state(due[i])
+        if state then
+            claim(batch, due[i], due[i + 1], state)
             batch_free = batch_free - 1
         end
     end
 end
-return {interactive, batch}
+return {interactive, batch, reclaimed}
 """
 
 
 @dataclass(frozen=True, slots=True)
 class LaneClaim:
-    """What one claim took: (job id, queue score) of each job now ours to run, by lane."""
+    """What one claim took: (job id, queue score) of each job now ours to run, by lane, and
+    which of them were taken over from a replica whose lease had lapsed."""
 
     interactive: list[tuple[str, int]]
     batch: list[tuple[str, int]]
+    reclaimed: list[str] = field(default_factory=list)
 
     def jobs(self) -> list[tuple[str, int, Lane]]:
         taken: list[tuple[str, int, Lane]] = [(i, s, "interactive") for i, s in self.interactive]
@@ -91,15 +113,24 @@ class LaneClaim:
 
 
 class LaneClaims:
-    def __init__(self, redis: Redis, queue_name: str) -> None:
+    def __init__(self, redis: Redis, queue_name: str, replica_id: str) -> None:
         self.lanes = [lane_queue(queue_name, "interactive"), lane_queue(queue_name, "batch")]
+        self.replica_id = replica_id
+        self.lease_prefix = lease_prefix(queue_name)
         self._claim: AsyncScript = redis.register_script(CLAIM_SCRIPT)
 
     async def claim(
-        self, *, free: int, batch_free: int, read_limit: int, now_ms: int, in_progress_ttl_ms: int
+        self,
+        *,
+        free: int,
+        batch_free: int,
+        read_limit: int,
+        now_ms: int,
+        in_progress_ttl_ms: int,
+        may_reclaim: bool = False,
     ) -> LaneClaim:
         """Claim up to `free` due jobs, of them at most `batch_free` batch jobs; interactive
-        jobs first, each lane in score order."""
+        jobs first, each lane in score order; with `may_reclaim`, lapsed claims count as free."""
         reply = await self._claim(
             keys=self.lanes,
             args=[
@@ -110,11 +141,18 @@ class LaneClaims:
                 read_limit,
                 in_progress_key_prefix,
                 job_key_prefix,
+                self.replica_id,
+                self.lease_prefix,
+                "1" if may_reclaim else "0",
                 *sorted(BATCH_FUNCTIONS),
             ],
         )
-        interactive, batch = reply
-        return LaneClaim(interactive=_pairs(interactive), batch=_pairs(batch))
+        interactive, batch, reclaimed = reply
+        return LaneClaim(
+            interactive=_pairs(interactive),
+            batch=_pairs(batch),
+            reclaimed=[job_id.decode() for job_id in reclaimed],
+        )
 
 
 def _pairs(flat: list[bytes]) -> list[tuple[str, int]]:

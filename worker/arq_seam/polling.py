@@ -2,7 +2,8 @@
 
 Mirrors arq 0.28.0 `Worker.main` (its startup and burst exit; `poll()`'s fixed sleep is gone,
 so a wake-up is never followed by the rest of a poll period) and `Worker._poll_iteration` (the
-read of due ids and `start_jobs`, abort checks, dropping finished tasks, the heartbeat).
+read of due ids and `start_jobs`, abort checks, dropping finished tasks, the heartbeat). Results
+kept through a Redis outage (pending.py) are written before anything new is claimed.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from arq.worker import Worker
 
 from worker.arq_seam.intake import Intake
 from worker.arq_seam.lane_claims import LaneClaims
+from worker.arq_seam.leases import LeaseKeeper
+from worker.arq_seam.pending import PendingWrites
 from worker.arq_seam.scripts import QueueScripts
 
 
@@ -23,11 +26,15 @@ class Polling:
         intake: Intake,
         claims: Callable[[], LaneClaims],
         scripts: Callable[[], QueueScripts],
+        pending: PendingWrites,
+        leases: LeaseKeeper,
     ) -> None:
         self.worker = worker
         self.intake = intake
         self.claims = claims
         self.scripts = scripts
+        self.pending = pending
+        self.leases = leases
 
     async def iteration(self) -> None:
         """Worker._poll_iteration: claim what the free slots allow; with nothing claimed, wait
@@ -36,12 +43,18 @@ class Polling:
         at_most = self._burst_jobs_remaining()
         if at_most is not None and at_most < 1:
             return
+        # Jobs that finished while Redis was away are finished before any job is claimed.
+        await self.pending.flush()
         may_take = await self.intake.wait_for_free_slot()
         self.intake.forget_news()  # news from here on (during the claim) ends the wait below
         taken = 0
         if may_take:
             taken = await self.intake.take(
-                self.claims(), self.scripts(), worker.queue_read_limit, at_most
+                self.claims(),
+                self.scripts(),
+                worker.queue_read_limit,
+                at_most,
+                self.leases.may_reclaim(),
             )
         if not taken:
             await self.intake.wait_for_news(worker.poll_delay_s)

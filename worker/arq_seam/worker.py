@@ -12,6 +12,7 @@ from typing import Any
 
 import structlog
 from arq.connections import create_pool, log_redis_info
+from arq.constants import in_progress_key_prefix
 from arq.utils import to_ms
 from arq.worker import Function, Worker
 from arq.worker import logger as arq_logger
@@ -26,6 +27,8 @@ from worker.arq_seam.heartbeats import Heartbeats
 from worker.arq_seam.intake import Intake
 from worker.arq_seam.lane_claims import LaneClaims
 from worker.arq_seam.lane_finish import LaneFinish
+from worker.arq_seam.leases import LeaseKeeper
+from worker.arq_seam.pending import PendingWrites
 from worker.arq_seam.polling import Polling
 from worker.arq_seam.scripts import QueueScripts
 from worker.arq_seam.wakeups import Wakeups
@@ -42,6 +45,7 @@ class SeamWorker(Worker):
         replica_id: str,
         shutdown_grace_s: float,
         batch_slots: int | None = None,
+        lease_s: float = 3.0,
         **arq_options: Any,
     ) -> None:
         self.finishing = Finishing()
@@ -58,26 +62,28 @@ class SeamWorker(Worker):
         self.backoff = RedisBackoff()
         self.heartbeats = Heartbeats(self, replica_id)
         self.drain = Drain(self, self.intake, shutdown_grace_s, lambda: self.scripts)
-        self.polling = Polling(self, self.intake, lambda: self.claims, lambda: self.scripts)
+        self.leases = LeaseKeeper(self.queue_name, replica_id, lease_s)
+        self.pending = PendingWrites()
+        self.polling = Polling(
+            self, self.intake, lambda: self.claims, lambda: self.scripts, self.pending, self.leases
+        )
         self.wakeups = Wakeups(self.queue_name, self.intake.woken)
-        self.lane_finish = LaneFinish(self.queue_name)
+        self.lane_finish = LaneFinish(self.queue_name, replica_id)
         self._scripts: QueueScripts | None = None
         self._claims: LaneClaims | None = None
+        self.finishing.still_ours = self._still_ours
 
     @property
     def scripts(self) -> QueueScripts:
         if self._scripts is None:  # the pool exists once arq's main() has started
-            self._scripts = QueueScripts(self.pool, self.queue_name)
+            self._scripts = QueueScripts(self.pool, self.queue_name, self.replica_id)
         return self._scripts
 
     @property
     def claims(self) -> LaneClaims:
         if self._claims is None:  # as scripts: once the pool exists
-            self._claims = LaneClaims(self.pool, self.queue_name)
+            self._claims = LaneClaims(self.pool, self.queue_name, self.replica_id)
         return self._claims
-
-    def lane_queue(self, job_id: str) -> str:
-        return lane_queue(self.queue_name, self.intake.lane_of(job_id))
 
     @property
     def stopping(self) -> bool:
@@ -89,6 +95,17 @@ class SeamWorker(Worker):
     def request_stop(self, signum: signal.Signals) -> None:
         """Instead of arq's handle_sig / handle_sig_wait_for_completion: see drain.py."""
         self.drain.request(signum)
+
+    async def _still_ours(self, job_id: str) -> bool:
+        """One GET, and only while our lease may have lapsed: no round trip per job otherwise.
+        Unsure (Redis unreachable) means yes: the finish is fenced anyway."""
+        if not self.leases.lapsed():
+            return True
+        try:
+            holder = await self.pool.get(in_progress_key_prefix + job_id)
+        except REDIS_ERRORS:
+            return True
+        return holder is not None and holder.decode() == self.replica_id
 
     async def _job_started(self, ctx: dict[str, Any]) -> None:
         # arq's on_job_start hook: run_job has counted the try and is about to call the job.
@@ -114,6 +131,8 @@ class SeamWorker(Worker):
         self.ctx["redis"] = self.pool
         if self.on_startup:
             await self.on_startup(self.ctx)
+        await self.leases.beat(self.pool)  # our lease exists before our first claim names us
+        self.leases.start(self.pool)
         self.wakeups.start(self.pool)
         while True:
             await self.backoff.run(self._poll_iteration)
@@ -128,15 +147,13 @@ class SeamWorker(Worker):
     # --- Finishing jobs ---
 
     async def run_job(self, job_id: str, score: int) -> None:
-        """Wraps Worker.run_job: a Redis error while the job ran loses its result, but the job is
-        still queued and runs again once its in-progress key expires. Not an outage to back off
-        from, and not a reason to end the poll loop (arq re-raises task errors there)."""
+        """Wraps Worker.run_job: a Redis error before the job's finish (arq's opening
+        transaction) gives the claim back once Redis answers (pending.py). Not an outage to back
+        off from, and not a reason to end the poll loop (arq re-raises task errors there)."""
         try:
             await super().run_job(job_id, score)
         except REDIS_ERRORS as error:
-            log.warning(
-                "job.result_not_stored", job_id=job_id, error=f"{type(error).__name__}: {error}"
-            )
+            self.pending.keep(job_id, lambda: self.scripts.release([job_id]), error)
         finally:
             self.finishing.was_cut_off(job_id)  # forgotten even if finish_job never ran
 
@@ -150,44 +167,56 @@ class SeamWorker(Worker):
         incr_score: int | None,
         keep_in_progress: float | None,
     ) -> None:
-        """Worker.finish_job, with arq's seven parameters, on the job's lane: a job that ran to
-        its end is finished by one script (scripts.py) instead of a six-command transaction;
-        the rest by arq's transaction (lane_finish.py). A job arq's own timeout cut off is
-        recorded as a dead letter first."""
+        """Worker.finish_job, with arq's seven parameters, on the job's lane and only while the
+        job's lease is ours: a job that ran to its end is finished by one script (scripts.py)
+        instead of a six-command transaction; the rest by arq's transaction (lane_finish.py). A
+        job arq's own timeout cut off is recorded as a dead letter first. Kept for later if
+        Redis is unreachable (pending.py)."""
         cut_off = self.finishing.was_cut_off(job_id)
-        if finish and result_data:
-            if cut_off:
+        lane = self.intake.lane_of(job_id)  # now: the task's end forgets it
+
+        async def write() -> None:
+            if finish and result_data and cut_off:
                 await self.finishing.record(job_id, result_data)
-            if keep_in_progress is None:  # the usual end of a job (not a cron job)
+            if finish and result_data and keep_in_progress is None:  # not a cron job
                 expire = None if keep_result_forever else result_timeout_s
-                lane = self.intake.lane_of(job_id)
-                await self.scripts.finish(job_id, result_data, to_ms(expire), lane)
-                return
-        await self.lane_finish.finish_job(
-            self.pool,
-            self.lane_queue(job_id),
-            job_id,
-            finish,
-            result_data,
-            result_timeout_s,
-            keep_result_forever,
-            incr_score,
-            keep_in_progress,
-        )
+                owned = await self.scripts.finish(job_id, result_data, to_ms(expire), lane)
+            else:
+                owned = await self.lane_finish.finish_job(
+                    self.pool,
+                    lane_queue(self.queue_name, lane),
+                    job_id,
+                    finish,
+                    result_data,
+                    result_timeout_s,
+                    keep_result_forever,
+                    incr_score,
+                    keep_in_progress,
+                )
+            _unless_lease_lost(owned, job_id)
+
+        await self.pending.attempt(job_id, write)
 
     async def finish_failed_job(self, job_id: str, result_data: bytes | None) -> None:
         """Worker.finish_failed_job (arq's path for jobs it fails before running them): records
-        the dead letter, then removes the job from its lane as arq does (lane_finish.py)."""
-        if result_data is not None:
-            await self.finishing.record(job_id, result_data)
-        await self.lane_finish.finish_failed_job(
-            self.pool,
-            self.lane_queue(job_id),
-            job_id,
-            result_data,
-            self.keep_result_forever,
-            self.keep_result_s,
-        )
+        the dead letter, then removes the job from its lane as arq does (lane_finish.py), both
+        only while the lease is ours."""
+        lane = self.intake.lane_of(job_id)
+
+        async def write() -> None:
+            if result_data is not None:
+                await self.finishing.record(job_id, result_data)
+            owned = await self.lane_finish.finish_failed_job(
+                self.pool,
+                lane_queue(self.queue_name, lane),
+                job_id,
+                result_data,
+                self.keep_result_forever,
+                self.keep_result_s,
+            )
+            _unless_lease_lost(owned, job_id)
+
+        await self.pending.attempt(job_id, write)
 
     # --- Heartbeats; closing ---
 
@@ -202,7 +231,13 @@ class SeamWorker(Worker):
         """Wraps Worker.close: after the drain, and without this replica's heartbeat."""
         await self.drain.finished()
         await self.wakeups.close()
+        await self.leases.close(self._pool)
         if self._pool is not None:  # arq's private pool: None before main() and after close()
             with contextlib.suppress(*REDIS_ERRORS):
                 await self.heartbeats.forget()
         await super().close()
+
+
+def _unless_lease_lost(owned: bool, job_id: str) -> None:
+    if not owned:  # another replica took the job over: its outcome is the one that counts
+        log.warning("job.lease_lost", job_id=job_id)

@@ -1,0 +1,131 @@
+"""A replica frozen with SIGSTOP for three leases mid-run, then woken with SIGCONT: the other
+replica takes its jobs over once its lease lapses, and the woken one's late results are discarded
+(fencing). No order is placed twice, no total is wrong, nothing fails, no dead letter is written.
+
+Each freeze lands with jobs in flight on the frozen replica: its slots hold jobs blocked on a row
+lock the test holds (a customer row for `place_order`, order rows for a totals batch), released
+while it is frozen, so its database work waits for it to wake, and the jobs the other replica took
+over wait on that work too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+import uuid
+from collections.abc import Iterator
+from itertools import cycle, repeat
+
+import pytest
+from sqlalchemy import String, bindparam, text
+from sqlalchemy.dialects.postgresql import ARRAY
+
+from jobs.client import JobOutcome, JobRequest
+from tests.conftest import poll_until
+from tests.faults.conftest import (
+    BATCH_DEADLINE_S,
+    CONCURRENCY,
+    LEASE_S,
+    FaultScenario,
+    assert_batch_exact,
+    logged,
+    wait_for_batch,
+    waiting_on_locks,
+)
+from worker.harness.replicas import Replica
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
+
+FREEZE_S = 3 * LEASE_S
+ORDER_JOBS = 300
+BLOCKED_CUSTOMER = 3
+LOCK_CUSTOMER = text("SELECT id FROM customer WHERE id = :id FOR UPDATE")
+ORDERS_PER_JOB = text(
+    "SELECT job_id, count(*) FROM orders WHERE job_id = ANY(:ids) GROUP BY job_id"
+).bindparams(bindparam("ids", type_=ARRAY(String)))
+DEAD_LETTERS = text("SELECT count(*) FROM failed_jobs")
+
+
+def order_requests(count: int, customers: Iterator[int]) -> list[JobRequest]:
+    """`place_order` jobs without idempotency keys: only the job id guards against a rerun."""
+    items = [{"item_id": 1, "quantity": 2}, {"item_id": 3, "quantity": 1}]
+    return [
+        JobRequest(
+            "place_order", {"customer_id": next(customers), "items": items}, uuid.uuid4().hex
+        )
+        for _ in range(count)
+    ]
+
+
+async def freeze(victim: Replica, while_frozen: asyncio.Future[None] | None = None) -> None:
+    """SIGSTOP for FREEZE_S (the fault's length, not a wait for anything), then SIGCONT."""
+    victim.process.send_signal(signal.SIGSTOP)
+    try:
+        if while_frozen is not None:
+            await while_frozen
+        await asyncio.sleep(FREEZE_S)
+    finally:
+        victim.process.send_signal(signal.SIGCONT)
+
+
+def assert_taken_over(victim: Replica, survivor: Replica, blocked: list[str]) -> None:
+    """The frozen replica's in-flight jobs moved to the other, whose outcome is the one kept."""
+    reclaimed = {
+        job_id for event in survivor.events("job.reclaimed") for job_id in event["job_ids"]
+    }
+    assert len(reclaimed & set(blocked)) >= CONCURRENCY, reclaimed
+    lost = {event["job_id"] for event in victim.events("job.lease_lost")}
+    assert lost and lost <= reclaimed, (lost, reclaimed)
+    assert victim.alive() and survivor.alive(), victim.excerpt()
+
+
+async def test_a_frozen_replica_places_no_order_twice_and_no_job_fails(
+    scenario: FaultScenario,
+) -> None:
+    victim, survivor = await asyncio.gather(scenario.spawn(), scenario.spawn())
+    client, engine = scenario.client, scenario.engine
+    lock = await engine.connect()
+    await lock.execute(LOCK_CUSTOMER, {"id": BLOCKED_CUSTOMER})
+    blocked = order_requests(2 * CONCURRENCY, repeat(BLOCKED_CUSTOMER))
+    await client.enqueue_many(blocked)
+    # Every slot of both replicas holds an order waiting on the customer's row lock.
+    await poll_until(lambda: waiting_on_locks(engine, 2 * CONCURRENCY), "orders blocked")
+    others = order_requests(ORDER_JOBS, cycle([1, 2]))
+    await client.enqueue_many(others)
+
+    async def unlock() -> None:
+        await lock.rollback()
+        await lock.close()
+
+    frozen_at = time.monotonic()
+    await freeze(victim, asyncio.ensure_future(unlock()))
+    job_ids = [request.job_id for request in blocked + others]
+    outcomes: dict[str, JobOutcome] = {}
+
+    async def all_finished() -> bool:
+        outcomes.update(await client.outcomes(job_ids))
+        return len(outcomes) == len(job_ids)
+
+    await poll_until(all_finished, "every order job finished", BATCH_DEADLINE_S)
+    print(
+        f"\nSIGSTOP {FREEZE_S:g}s: {len(job_ids)} orders done {time.monotonic() - frozen_at:.1f}s"
+    )
+
+    assert [o.result for o in outcomes.values() if not o.success] == []
+    async with engine.connect() as connection:
+        rows = (await connection.execute(ORDERS_PER_JOB, {"ids": job_ids})).all()
+        per_job = {str(job_id): int(count) for job_id, count in rows}
+        assert (await connection.execute(DEAD_LETTERS)).scalar_one() == 0
+    assert per_job == dict.fromkeys(job_ids, 1)  # every order placed exactly once
+    assert_taken_over(victim, survivor, [request.job_id for request in blocked])
+
+
+async def test_a_frozen_replica_leaves_a_totals_batch_exact(scenario: FaultScenario) -> None:
+    victim, survivor = await asyncio.gather(scenario.spawn(), scenario.spawn())
+    stalled = await scenario.stall(locked=2 * CONCURRENCY)
+    await freeze(victim, asyncio.ensure_future(stalled.release()))
+    summary = await wait_for_batch(stalled.run)
+    await assert_batch_exact(summary, scenario.engine)  # every result a success, no dead letter
+    assert_taken_over(victim, survivor, stalled.locked_job_ids)
+    assert logged([victim, survivor], "dead_letter.recorded") == []
