@@ -23,17 +23,16 @@ from bench.stack import load_orders
 from db.engine import create_engine
 from jobs.client import JobRequest, OrderClient
 from jobs.connection import redis_settings_from_url
-from jobs.functions import ARQ_TIMEOUT_MARGIN_S
 from worker import health
 from worker.harness.checks import TotalsCheck, check_totals
 from worker.harness.databases import create_database
 from worker.harness.polling import poll_until
 from worker.harness.replicas import Replica, replica_env, stop_all
 from worker.harness.servers import LocalStack
+from worker.settings import WorkerTuning
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 QUEUE = "soak:queue"
-JOB_TIMEOUT_S = 3.0  # a killed replica's jobs wait timeout + margin + 10 s (arq) to run again
 READY_TIMEOUT_S = 60.0
 DEADLINE_S = 900.0
 SAMPLE_EVERY_S = 0.25
@@ -41,10 +40,9 @@ FRONT_OF_QUEUE = 500  # in-flight jobs sit at the front of the queue until they 
 RESULT_BATCH = 1000
 KILL_WINDOW = 0.05  # after its step, a kill waits up to this share of the jobs for a busy replica
 Results = dict[str, dict[str, object]]  # arq's stored results, by job id
-SOAK_SETTINGS = {
-    "ORDERWORKER_WORKER__JOB_TIMEOUT_S": str(JOB_TIMEOUT_S),
-    "ORDERWORKER_WORKER__HEALTH_INTERVAL_S": "0.5",
-}
+# Default job timeout and lease: a killed replica's jobs run again once its lease lapses.
+SOAK_SETTINGS = {"ORDERWORKER_WORKER__HEALTH_INTERVAL_S": "0.5"}
+LEASE_S = WorkerTuning().lease_s
 
 
 @dataclass
@@ -201,7 +199,6 @@ def report(soak: Soak, outcome: Results, check: TotalsCheck) -> int:
         for (time_1, done_1), (time_2, done_2) in itertools.pairwise(soak.samples)
         if done_2 < soak.jobs and time_2 > time_1
     ]
-    expiry = JOB_TIMEOUT_S + ARQ_TIMEOUT_MARGIN_S + 10
     print(f"jobs                 {soak.jobs:,} compute_order_total, 2 replicas")
     print(f"enqueue (pipelined)  {soak.enqueue_s:.2f}s = {soak.jobs / soak.enqueue_s:,.0f} jobs/s")
     print(f"wall time            {soak.elapsed_s:.1f}s from first enqueue to last result")
@@ -221,7 +218,7 @@ def report(soak: Soak, outcome: Results, check: TotalsCheck) -> int:
         print(
             f"kill {n}               at {kill.at_done:,} done: {len(own)} in flight, "
             f"{rerun} of them the killed replica's (run again), all finished {recovery} after the "
-            f"SIGKILL (in-progress expiry {expiry:g}s); replacement ready in {kill.restart_s:.1f}s"
+            f"SIGKILL (lease {LEASE_S:g}s); replacement ready in {kill.restart_s:.1f}s"
         )
     print(f"results              {len(outcome):,} of {soak.jobs:,}; failed {failed}")
     print(f"tries                {dict(sorted(tries.items()))}")
