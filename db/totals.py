@@ -129,7 +129,11 @@ async def upsert_order_total_direct(session: AsyncSession, order_id: int) -> Dec
     assert driver is not None  # a checked-out connection always has one
     try:
         total = await driver.fetchval(UPSERT_ONE_TOTAL_DRIVER_SQL, order_id)
-    except (asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError) as error:
+        if isinstance(error, asyncpg.InternalClientError):
+            # The protocol is out of step with the server (seen when the server ended the session
+            # under an idle pooled connection while a statement began): this connection is done.
+            driver.terminate()
         # SQLAlchemy's form of a driver error, so it is classified like any other statement's. A
         # dead connection needs nothing more: the session's reset on close takes it out of the pool.
         raise DBAPIError(
