@@ -101,6 +101,12 @@ class Intake:
             if not worker.allow_pick_jobs:  # a drain began while the claim was on its way
                 await scripts.release([job_id for job_id, _, _ in jobs])
                 return 0
+            # A job retried at once can be due again before its last run's task has ended here:
+            # give it back rather than run two tasks under one id; the next poll takes it.
+            still_ending = [job_id for job_id, _, _ in jobs if job_id in self.lanes]
+            if still_ending:
+                await scripts.release(still_ending)
+                jobs = [job for job in jobs if job[0] not in still_ending]
         for job_id, score, lane in jobs:
             await worker.sem.acquire()  # free at once: only this loop takes slots
             self._spawn(job_id, score, lane)
