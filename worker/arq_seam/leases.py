@@ -56,13 +56,14 @@ class LeaseKeeper:
 
     async def beat(self, redis: Redis) -> None:
         """One renewal, bounded: a Redis that hangs must not hold the keeper past a lease."""
+        # Counted from before the send: Redis may set the key any time after it, never before.
+        sent = time.monotonic()
         async with asyncio.timeout(self.lease_s):
             await redis.set(self.key, self.replica_id, px=max(1, int(self.lease_s * 1000)))
-        now = time.monotonic()
         # A gap longer than a lease (a freeze, a stalled loop) starts the count again.
-        if self._healthy_since is None or now - self._renewed_at > self.lease_s:
-            self._healthy_since = now
-        self._renewed_at = now
+        if self._healthy_since is None or sent - self._renewed_at > self.lease_s:
+            self._healthy_since = sent
+        self._renewed_at = sent
 
     def lapsed(self) -> bool:
         """Whether our lease may have expired since it was last renewed: other replicas may have
