@@ -75,6 +75,10 @@ for i = 1, #due, 2 do
     local state = claim_state(job_id)
     if state then
         if is_batch(job_id) then
+            -- Touch the in-progress key: a plain arq worker between its WATCH of it and its EXEC
+            -- then fails its claim instead of running the job in the lane it just left.
+            redis.call('SET', running .. job_id, 'moving', 'PX', 1)
+            redis.call('DEL', running .. job_id)
             redis.call('ZADD', KEYS[2], score, job_id)
             redis.call('ZREM', KEYS[1], job_id)
         elseif free > 0 then
