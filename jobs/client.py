@@ -23,9 +23,6 @@ from jobs.serialization import decode_result, deserialize, serialize
 DEFAULT_QUEUE = "arq:queue"
 JOB_EXPIRY_MS = 24 * 3600 * 1000  # as arq: an unstarted job is dropped after a day
 PIPELINE_BATCH = 500
-# Batch jobs go straight into the batch lane; off, they go into `<queue>` like a raw producer's
-# and the replica moves them there. One switch, for replicas that do not read the batch lane.
-ROUTE_BATCH_LANE = True
 WAKE = b"1"  # the wake channel's payload is never read
 
 
@@ -66,7 +63,7 @@ class OrderClient:
 
     def lane_queue_of(self, function: str) -> str:
         """The sorted set this client writes a `function` job into."""
-        return lane_queue(self.queue_name, lane_of(function) if ROUTE_BATCH_LANE else "interactive")
+        return lane_queue(self.queue_name, lane_of(function))
 
     async def enqueue(self, function: str, job_id: str | None = None, **kwargs: Any) -> str:
         """Enqueue one job; returns its id. An id that is already queued is not enqueued twice."""

@@ -85,16 +85,6 @@ async def test_batch_jobs_go_to_the_batch_lane_and_others_to_the_queue(
     )
 
 
-async def test_routing_off_writes_batch_jobs_into_the_queue(
-    order_client: OrderClient, fake_redis: ArqRedis, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(client, "ROUTE_BATCH_LANE", False)
-    await order_client.enqueue("compute_batch_totals", job_id="chunk", order_ids=[1])
-    await order_client.enqueue_many([JobRequest("compute_batch_totals", {"order_ids": [2]}, "c2")])
-    assert sorted(await fake_redis.zrange(UNIT_QUEUE, 0, -1)) == [b"c2", b"chunk"]
-    assert await fake_redis.zcard(BATCH_LANE) == 0
-
-
 async def test_every_write_publishes_one_wake_up(
     order_client: OrderClient, fake_redis: ArqRedis
 ) -> None:
