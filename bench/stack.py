@@ -28,7 +28,7 @@ from jobs.lanes import lane_queue
 from worker.harness.databases import create_database
 from worker.harness.polling import poll_until
 from worker.harness.replicas import replica_env
-from worker.harness.servers import LocalStack
+from worker.harness.servers import LocalStack, StackUrls
 from worker.health import live_replicas
 
 DATABASE_VARIABLE = "ORDERWORKER_BENCH_DATABASE_URL"
@@ -39,9 +39,7 @@ RUN_TIMEOUT_S = 900.0
 
 
 @dataclass(frozen=True, slots=True)
-class BenchServers:
-    database_url: str
-    redis_url: str
+class BenchServers(StackUrls):
     private: bool  # a local stack started for this run (so its Redis may be flushed)
 
 

@@ -44,14 +44,8 @@ def claim(
     read_limit: int = 100,
     may_reclaim: bool = False,
 ) -> Awaitable[LaneClaim]:
-    return claims.claim(
-        free=free,
-        batch_free=batch_free,
-        read_limit=read_limit,
-        now_ms=now,
-        in_progress_ttl_ms=TTL_MS,
-        may_reclaim=may_reclaim,
-    )
+    limits = {"free": free, "batch_free": batch_free, "read_limit": read_limit}
+    return claims.claim(**limits, now_ms=now, in_progress_ttl_ms=TTL_MS, may_reclaim=may_reclaim)
 
 
 async def test_claims_due_jobs_in_order_up_to_the_free_slots(redis: Redis, queue_name: str) -> None:
