@@ -32,6 +32,9 @@ admin_users = {user}
 pool_mode = transaction
 max_client_conn = 1000
 default_pool_size = 20
+; Every test has a database of its own: close idle server connections soon, so the pools of
+; finished tests never hold the upstream server's connection limit (100 by default).
+server_idle_timeout = 5
 ; asyncpg and libpq send these at startup; PgBouncer would refuse the connection otherwise.
 ignore_startup_parameters = extra_float_digits
 logfile = {directory}/pgbouncer.log
