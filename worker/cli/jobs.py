@@ -66,25 +66,29 @@ def jobs_failed(
         )
 
 
-@jobs_app.command("retry")
+# One string, not a docstring: the help keeps a docstring's line breaks within a paragraph.
+RETRY_HELP = (
+    "Enqueue failed jobs again under their own job ids (a job that had committed its work before"
+    " it failed finds it) and remove them from the failed list."
+    "\n\n--all replays only failures a replay may cure: permanent ones (bad input:"
+    f" {', '.join(sorted(PERMANENT_CODES))}) would fail the same way again, so they stay listed"
+    " unless --include-permanent is given. Ids named on the command line are replayed whatever"
+    " their code (say, once the missing customer exists)."
+)
+
+
+@jobs_app.command("retry", help=RETRY_HELP)
 @reports_errors
 def jobs_retry(
     job_ids: Annotated[list[str] | None, typer.Argument(help="Failed job ids.")] = None,
     all_jobs: Annotated[bool, typer.Option("--all", help="Every failed job.")] = False,
     code: CodeOption = None,
     include_permanent: Annotated[
-        bool, typer.Option(help="With --all: permanent failures (bad input) too.")
+        bool,
+        typer.Option("--include-permanent", help="With --all: permanent failures (bad input) too."),
     ] = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Enqueue failed jobs again under their own job ids (a job that had committed its work
-    before it failed finds it) and remove them from the failed list.
-
-    --all replays only failures a replay may cure: permanent ones (bad input: invalid_payload,
-    unknown_customer, unknown_item, unknown_order, idempotency_conflict) would fail the same way
-    again, so they stay listed unless --include-permanent is given. Ids named on the command line
-    are replayed whatever their code (say, once the missing customer exists).
-    """
     if bool(job_ids) == all_jobs:
         raise UsageError("give failed job ids or --all (exactly one)")
     if job_ids and (code or include_permanent):

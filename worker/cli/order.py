@@ -53,11 +53,9 @@ def order_place(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object on stdout.")] = False,
     timeout: Annotated[float, typer.Option(min=0.1, help="Seconds to wait.")] = 60.0,
 ) -> None:
-    """Enqueue place_order, wait for it, print the order id and total.
-
-    Safe to retry: without --idempotency-key the command makes a key and prints it (stderr), and
-    the same command with that key returns the same order, never a second one.
-    """
+    """Enqueue place_order, wait for it, print the order id and total. Safe to retry: without
+    --idempotency-key it makes a key and prints it (stderr), and the same command with that key
+    returns the same order, never a second one."""
     lines = [parse_item(value) for value in item]
     try:
         PlaceOrderPayload.model_validate(
