@@ -23,7 +23,7 @@ from jobs.serialization import make_deserializer
 from worker.arq_seam.backoff import MAX_RECONNECT_DELAY_S
 from worker.arq_seam.dead_letters import DeadLetters
 from worker.arq_seam.worker import SeamWorker
-from worker.settings import Settings, at_most
+from worker.settings import Settings, at_most, settings_file
 
 __all__ = [
     "MAX_RECONNECT_DELAY_S",
@@ -85,6 +85,7 @@ class OrderWorker(SeamWorker):
             concurrency=self.max_jobs,
             batch_slots=self.intake.batch_slots,
             redis=redacted(self.redis_settings) if self.redis_settings else "shared pool",
+            settings_file=str(path) if (path := settings_file()) else None,
         )
 
     def _worker_context(self, engine: AsyncEngine) -> WorkerContext:
