@@ -172,6 +172,7 @@ class SeamWorker(Worker):
         instead of a six-command transaction; the rest by arq's transaction (lane_finish.py). A
         job arq's own timeout cut off is recorded as a dead letter first. Kept for later if
         Redis is unreachable (pending.py)."""
+        self.drain.uncount_retry(job_id, finish)
         cut_off = self.finishing.was_cut_off(job_id)
         lane = self.intake.lane_of(job_id)  # now: the task's end forgets it
 
