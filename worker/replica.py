@@ -154,6 +154,8 @@ def _batch_slots(settings: Settings) -> int:
 async def run_replica(settings: Settings, *, burst: bool = False) -> None:
     """Run until SIGTERM/SIGINT (drain, then exit) or, with burst, until the queue is empty."""
     worker = OrderWorker(settings, burst=burst, max_jobs=settings.worker.concurrency)
+    # Bound before the signal handlers are added: the drain they start carries it too.
+    structlog.contextvars.bind_contextvars(replica_id=worker.replica_id)
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, worker.request_stop, signum)
@@ -161,7 +163,9 @@ async def run_replica(settings: Settings, *, burst: bool = False) -> None:
 
 
 async def run_until_stopped(worker: OrderWorker) -> None:
-    """Run a replica to its end: a drain ends it without an error, whatever came in between."""
+    """Run a replica to its end: a drain ends it without an error, whatever came in between.
+    Every line it logs names it: the tasks it starts inherit the binding."""
+    structlog.contextvars.bind_contextvars(replica_id=worker.replica_id)
     try:
         await worker.async_run()
     except asyncio.CancelledError:

@@ -55,6 +55,11 @@ async def test_sigterm_finishes_in_flight_jobs_takes_no_new_ones_and_exits_0(
     [drained] = draining.events("worker.drained")
     assert (started_draining["in_flight"], drained["requeued"]) == (CONCURRENCY, 0)
     assert drained["requeued_job_ids"] == []
+    [started] = draining.events("worker.started")
+    assert {line.get("replica_id") for line in draining.events()} == {started["replica_id"]}
+    chunk_lines = [line for line in draining.events() if line.get("job") == "compute_batch_totals"]
+    assert chunk_lines
+    assert {line.get("batch_id") for line in chunk_lines} == {stalled.run.summary.batch_id}
     events = [event["event"] for event in draining.events()]
     finished_while_draining = events[events.index("worker.draining") :].count("job.done")
     assert finished_while_draining == CONCURRENCY
