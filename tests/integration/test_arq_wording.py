@@ -19,7 +19,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from db.failed_jobs import list_failures
-from jobs.client import OrderClient
+from jobs.client import JobOutcome, OrderClient
 from tests.conftest import StartWorker, poll_until
 from worker.arq_seam.wording import arq_job_failure_fields, is_arq_job_failure_line
 from worker.settings import Settings
@@ -54,6 +54,18 @@ def arq_line_fields(caplog: pytest.LogCaptureFixture, job_id: str) -> dict[str, 
     return arq_job_failure_fields(record)
 
 
+async def run_raw(
+    client: OrderClient, redis: Redis, caplog: pytest.LogCaptureFixture, data: bytes | None
+) -> tuple[str, JobOutcome]:
+    """Queue a job as raw bytes (none: only its id) and wait for its outcome, arq's lines kept."""
+    job_id = f"raw-{uuid.uuid4().hex}"
+    with caplog.at_level(logging.WARNING, logger="arq.worker"):
+        if data is not None:
+            await redis.set(job_key_prefix + job_id, data, px=60_000)
+        await redis.zadd(client.queue_name, {job_id: int(time.time() * 1000)})
+        return job_id, await client.wait(job_id, WAIT_S)
+
+
 async def test_a_job_whose_envelope_expired(
     start_worker: StartWorker,
     client: OrderClient,
@@ -62,10 +74,7 @@ async def test_a_job_whose_envelope_expired(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     await start_worker()
-    job_id = f"expired-{uuid.uuid4().hex}"
-    with caplog.at_level(logging.WARNING, logger="arq.worker"):
-        await redis.zadd(client.queue_name, {job_id: int(time.time() * 1000)})  # no arq:job:<id>
-        outcome = await client.wait(job_id, WAIT_S)
+    job_id, outcome = await run_raw(client, redis, caplog, None)  # no arq:job:<id>
     assert outcome.result == {"code": "expired", "message": "job expired"}
     assert await dead_letter(sessionmaker, job_id) == ("<unknown>", "expired", "job expired", 1)
     assert arq_line_fields(caplog, job_id) == {
@@ -83,11 +92,7 @@ async def test_a_job_for_an_unknown_function(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     await start_worker()
-    job_id = f"unknown-{uuid.uuid4().hex}"
-    with caplog.at_level(logging.WARNING, logger="arq.worker"):
-        await redis.set(job_key_prefix + job_id, envelope("nope"), px=60_000)
-        await redis.zadd(client.queue_name, {job_id: int(time.time() * 1000)})
-        outcome = await client.wait(job_id, WAIT_S)
+    job_id, outcome = await run_raw(client, redis, caplog, envelope("nope"))
     message = "function 'nope' not found"
     assert outcome.result == {"code": "unknown_function", "message": message}
     assert await dead_letter(sessionmaker, job_id) == ("nope", "unknown_function", message, 1)
@@ -100,18 +105,10 @@ async def test_a_job_for_an_unknown_function(
 
 
 async def test_a_job_whose_payload_cannot_be_decoded(
-    start_worker: StartWorker,
-    client: OrderClient,
-    redis: Redis,
-    sessionmaker: Sessions,
-    caplog: pytest.LogCaptureFixture,
+    start_worker: StartWorker, client: OrderClient, redis: Redis, caplog: pytest.LogCaptureFixture
 ) -> None:
     await start_worker()
-    job_id = f"garbled-{uuid.uuid4().hex}"
-    with caplog.at_level(logging.WARNING, logger="arq.worker"):
-        await redis.set(job_key_prefix + job_id, b"{not json", px=60_000)
-        await redis.zadd(client.queue_name, {job_id: int(time.time() * 1000)})
-        outcome = await client.wait(job_id, WAIT_S)
+    job_id, outcome = await run_raw(client, redis, caplog, b"{not json")
     assert outcome.result is not None and outcome.result["code"] == "undecodable_payload"
     fields = arq_line_fields(caplog, job_id)
     assert fields == {
