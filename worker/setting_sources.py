@@ -71,11 +71,25 @@ def unknown_variable(
     given = upper.removeprefix(ENV_PREFIX)
     if given in known:
         return None
+    nearest = nearest_name(given, known, NESTING)
+    hint = f" (did you mean {ENV_PREFIX}{nearest}?)" if nearest else ""
+    return f"unknown setting {name}{hint}"
+
+
+def nearest_name(given: str, known: list[str], nesting: str) -> str | None:
+    """The known name `given` was most likely meant to be, if one is close enough."""
     close = difflib.get_close_matches(given, known, n=1, cutoff=0.6)
     if not close:  # a top-level key mistyped is often a nested key without its section
-        close = [name for name in known if name.endswith(NESTING + given)]
-    hint = f" (did you mean {ENV_PREFIX}{close[0]}?)" if close else ""
-    return f"unknown setting {name}{hint}"
+        close = [name for name in known if name.endswith(nesting + given)]
+    return close[0] if close else None
+
+
+def setting_keys(model: type[BaseModel]) -> list[str]:
+    """Every key as the settings file spells it: `worker`, `worker.concurrency`, …"""
+    return [
+        variable.removeprefix(ENV_PREFIX).lower().replace(NESTING, ".")
+        for variable in setting_variables(model)
+    ]
 
 
 def unparsable_section(message: str) -> str:
@@ -89,6 +103,7 @@ def unparsable_section(message: str) -> str:
 class SettingOrigin:
     """The sources a load read, to say which one a validation error came from."""
 
+    model: type[BaseModel]
     overrides: Mapping[str, object]
     environ: Mapping[str, str]
     file_values: Mapping[str, Any]
@@ -98,7 +113,8 @@ class SettingOrigin:
         path = [str(part) for part in problem["loc"]]
         where = self._where(path)
         if problem["type"] == "extra_forbidden":
-            return f"unknown setting {where}"
+            nearest = self._nearest_sibling(path)
+            return f"unknown setting {where}" + (f" (did you mean {nearest}?)" if nearest else "")
         message = problem["msg"].removeprefix("Value error, ")
         given = problem.get("input")
         secret = "url" in path[-1] if path else False
@@ -116,6 +132,13 @@ class SettingOrigin:
         if self.file is not None and _holds(self.file_values, path):
             return f"{key} in {self.file}"
         return key
+
+    def _nearest_sibling(self, path: list[str]) -> str | None:
+        """The key of the same section that a misspelt key was most likely meant to be."""
+        section = ".".join(path[:-1])
+        siblings = [key for key in setting_keys(self.model) if key.rpartition(".")[0] == section]
+        close = difflib.get_close_matches(".".join(path), siblings, n=1, cutoff=0.8)
+        return close[0] if close else None
 
     def _variable(self, path: list[str]) -> str | None:
         """The variable that set this key or its section, as spelt in the environment."""

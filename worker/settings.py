@@ -229,7 +229,7 @@ def load_settings(**overrides: object) -> Settings:
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as error:
-        origin = SettingOrigin(overrides, os.environ, file_values, path)
+        origin = SettingOrigin(Settings, overrides, os.environ, file_values, path)
         raise SettingsError(origin.describe(error.errors()[0])) from None
     except PydanticSettingsError as error:  # a section given as one variable, not valid JSON
         raise SettingsError(unparsable_section(str(error))) from None

@@ -159,15 +159,17 @@ def test_a_share_too_large_for_its_whole_from_the_file_names_the_file(
 @pytest.mark.parametrize(
     ("text", "named"),
     [
-        ("[wokrer]\nconcurrency = 4\n", "wokrer"),
-        ("[worker]\nconcurency = 4\n", "worker.concurency"),
+        ("[wokrer]\nconcurrency = 4\n", "wokrer (did you mean worker?)"),
+        ("[worker]\nconcurency = 4\n", "worker.concurency (did you mean worker.concurrency?)"),
+        ("[worker]\nxyzzy = 4\n", "worker.xyzzy"),
     ],
 )
 def test_an_unknown_key_in_the_file_is_refused_by_name(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, text: str, named: str
 ) -> None:
     path = settings_file(monkeypatch, tmp_path, text)
-    assert settings_error(monkeypatch) == f"unknown setting {named} in {path}"
+    key, _, hint = named.partition(" ")
+    assert settings_error(monkeypatch) == f"unknown setting {key} in {path}{' ' * bool(hint)}{hint}"
 
 
 @pytest.mark.parametrize(
