@@ -16,6 +16,7 @@ from arq.connections import RedisSettings
 from arq.constants import job_key_prefix, result_key_prefix, retry_key_prefix
 from redis.exceptions import WatchError
 
+from jobs.connection import close_sentinels
 from jobs.lanes import done_channel, lane_of, lane_queue, wake_channel
 from jobs.notices import FALLBACK_READ_S, DoneNotices
 from jobs.serialization import decode_result, deserialize, serialize
@@ -60,6 +61,7 @@ class OrderClient:
     async def close(self) -> None:
         await self.notices.close()
         await self.redis.aclose()
+        await close_sentinels(self.redis)
 
     def lane_queue_of(self, function: str) -> str:
         """The sorted set this client writes a `function` job into."""

@@ -5,7 +5,9 @@ from __future__ import annotations
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from arq.connections import RedisSettings
+from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import SentinelConnectionPool
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -62,3 +64,12 @@ def redacted(settings: RedisSettings) -> str:
     else:
         host = settings.unix_socket_path or f"{settings.host}:{settings.port}"
     return f"redis {host} db={settings.database} ssl={settings.ssl}"
+
+
+async def close_sentinels(redis: Redis) -> None:
+    """A client reached through Sentinel also holds connections to the Sentinels, which closing
+    the client (or its pool) leaves open: close them too. Nothing to do for any other client."""
+    pool = redis.connection_pool
+    if isinstance(pool, SentinelConnectionPool):
+        for sentinel in pool.sentinel_manager.sentinels:
+            await sentinel.aclose()

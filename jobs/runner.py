@@ -37,6 +37,25 @@ def validation_message(error: ValidationError) -> str:
     return "; ".join(parts)
 
 
+def validated_payload(
+    payload_model: type[PayloadT], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> PayloadT:
+    if args:
+        raise InvalidPayloadError("positional arguments are not accepted; use keywords")
+    try:
+        return payload_model.model_validate(kwargs)
+    except ValidationError as error:
+        raise InvalidPayloadError(validation_message(error)) from None
+
+
+def batch_fields(job_ctx: JobContext, payload: BaseModel) -> dict[str, str]:
+    """A chunk job's lines name its batch: the one it was sent in, or itself alone (as its
+    result does). Bound in the job's own task, so concurrent jobs never see each other's."""
+    if "batch_id" not in type(payload).model_fields:
+        return {}
+    return {"batch_id": getattr(payload, "batch_id", None) or job_ctx["job_id"]}
+
+
 def job_entry(name: str, payload_model: type[PayloadT], body: JobBody[PayloadT]) -> JobEntry:
     """The coroutine arq calls: keyword arguments in, a JSON-ready result dict out."""
 
@@ -47,12 +66,8 @@ def job_entry(name: str, payload_model: type[PayloadT], body: JobBody[PayloadT])
             job_id=job_ctx["job_id"], job=name, job_try=job_ctx["job_try"]
         )
         try:
-            if args:
-                raise InvalidPayloadError("positional arguments are not accepted; use keywords")
-            try:
-                payload = payload_model.model_validate(kwargs)
-            except ValidationError as error:
-                raise InvalidPayloadError(validation_message(error)) from None
+            payload = validated_payload(payload_model, args, kwargs)
+            structlog.contextvars.bind_contextvars(**batch_fields(job_ctx, payload))
             async with asyncio.timeout(policy.job_timeout_s):
                 result = await body(job_ctx, payload)
         except JobError as error:
@@ -83,7 +98,7 @@ def job_entry(name: str, payload_model: type[PayloadT], body: JobBody[PayloadT])
             log.info("job.done", duration_ms=_ms_since(started))
             return result.model_dump(mode="json")
         finally:
-            structlog.contextvars.unbind_contextvars("job_id", "job", "job_try")
+            structlog.contextvars.unbind_contextvars("job_id", "job", "job_try", "batch_id")
 
     entry.__name__ = entry.__qualname__ = name
     return entry

@@ -23,7 +23,7 @@ from jobs.serialization import make_deserializer
 from worker.arq_seam.backoff import MAX_RECONNECT_DELAY_S
 from worker.arq_seam.dead_letters import DeadLetters
 from worker.arq_seam.worker import SeamWorker
-from worker.settings import Settings, at_most
+from worker.settings import Settings, at_most, settings_file
 
 __all__ = [
     "MAX_RECONNECT_DELAY_S",
@@ -85,6 +85,7 @@ class OrderWorker(SeamWorker):
             concurrency=self.max_jobs,
             batch_slots=self.intake.batch_slots,
             redis=redacted(self.redis_settings) if self.redis_settings else "shared pool",
+            settings_file=str(path) if (path := settings_file()) else None,
         )
 
     def _worker_context(self, engine: AsyncEngine) -> WorkerContext:
@@ -153,6 +154,8 @@ def _batch_slots(settings: Settings) -> int:
 async def run_replica(settings: Settings, *, burst: bool = False) -> None:
     """Run until SIGTERM/SIGINT (drain, then exit) or, with burst, until the queue is empty."""
     worker = OrderWorker(settings, burst=burst, max_jobs=settings.worker.concurrency)
+    # Bound before the signal handlers are added: the drain they start carries it too.
+    structlog.contextvars.bind_contextvars(replica_id=worker.replica_id)
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, worker.request_stop, signum)
@@ -160,7 +163,9 @@ async def run_replica(settings: Settings, *, burst: bool = False) -> None:
 
 
 async def run_until_stopped(worker: OrderWorker) -> None:
-    """Run a replica to its end: a drain ends it without an error, whatever came in between."""
+    """Run a replica to its end: a drain ends it without an error, whatever came in between.
+    Every line it logs names it: the tasks it starts inherit the binding."""
+    structlog.contextvars.bind_contextvars(replica_id=worker.replica_id)
     try:
         await worker.async_run()
     except asyncio.CancelledError:

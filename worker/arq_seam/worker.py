@@ -17,7 +17,7 @@ from arq.utils import to_ms
 from arq.worker import Function, Worker
 from arq.worker import logger as arq_logger
 
-from jobs.connection import REDIS_ERRORS
+from jobs.connection import REDIS_ERRORS, close_sentinels
 from jobs.lanes import lane_queue
 from worker.arq_seam.backoff import RedisBackoff
 from worker.arq_seam.dead_letters import DeadLetters
@@ -172,6 +172,7 @@ class SeamWorker(Worker):
         instead of a six-command transaction; the rest by arq's transaction (lane_finish.py). A
         job arq's own timeout cut off is recorded as a dead letter first. Kept for later if
         Redis is unreachable (pending.py)."""
+        self.drain.uncount_retry(job_id, finish)
         cut_off = self.finishing.was_cut_off(job_id)
         lane = self.intake.lane_of(job_id)  # now: the task's end forgets it
 
@@ -232,10 +233,13 @@ class SeamWorker(Worker):
         await self.drain.finished()
         await self.wakeups.close()
         await self.leases.close(self._pool)
-        if self._pool is not None:  # arq's private pool: None before main() and after close()
+        pool = self._pool  # arq's private pool: None before main() and after close()
+        if pool is not None:
             with contextlib.suppress(*REDIS_ERRORS):
                 await self.heartbeats.forget()
         await super().close()
+        if pool is not None:
+            await close_sentinels(pool)
 
 
 def _unless_lease_lost(owned: bool, job_id: str) -> None:
