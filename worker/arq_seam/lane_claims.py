@@ -11,10 +11,15 @@ the queue it took it from.
 The in-progress key holds the claiming replica's id instead of arq's `1` (leases.py). A due job
 whose claim names a replica with no lease left is taken over (reclaimed); arq's own `1` and our
 own id are never taken over (arq's claim lasts its TTL; our own job is still running here).
+
+Per poll the script costs one read of each lane plus a few commands per job it claims or moves,
+not per job it passes: the replica's own running jobs (named in the call) are passed without a
+look, and the read stops at the last free slot; arq's start_jobs re-checks every id it reads.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from arq.constants import in_progress_key_prefix, job_key_prefix
@@ -27,15 +32,18 @@ from worker.arq_seam.leases import lease_prefix
 # KEYS[1]: the interactive lane, KEYS[2]: the batch lane. ARGV: now in ms, the in-progress TTL
 # in ms, free slots, free batch slots, how many due ids to read from each lane, the in-progress
 # and job key prefixes, this replica's id, the lease key prefix, '1' if claims of replicas
-# without a lease may be taken over, then the batch function names. Returns {interactive, batch,
-# reclaimed}: the first two a flat list of job id, score for the jobs claimed.
+# without a lease may be taken over, how many batch function names follow, those names, then the
+# ids of the jobs this replica is running. Returns {interactive, batch, reclaimed}: the first two
+# a flat list of job id, score for the jobs claimed.
 CLAIM_SCRIPT = """
 local now, ttl = ARGV[1], ARGV[2]
 local free, batch_free, limit = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local running, envelopes = ARGV[6], ARGV[7]
 local owner, leases, may_reclaim = ARGV[8], ARGV[9], ARGV[10] == '1'
-local batch_functions = {}
-for i = 11, #ARGV do batch_functions[ARGV[i]] = true end
+local last_name = 11 + tonumber(ARGV[11])
+local batch_functions, ours = {}, {}
+for i = 12, last_name do batch_functions[ARGV[i]] = true end
+for i = last_name + 1, #ARGV do ours[ARGV[i]] = true end
 
 -- A missing or undecodable envelope is interactive: arq's run_job fails it as it always did.
 local function is_batch(job_id)
@@ -71,8 +79,9 @@ end
 local interactive, batch = {}, {}
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'WITHSCORES', 'LIMIT', 0, limit)
 for i = 1, #due, 2 do
+    if free == 0 then break end  -- batch jobs further on move when a later claim reaches them
     local job_id, score = due[i], due[i + 1]
-    local state = claim_state(job_id)
+    local state = not ours[job_id] and claim_state(job_id)
     if state then
         if is_batch(job_id) then
             -- Touch the in-progress key: a plain arq worker between its WATCH of it and its EXEC
@@ -81,7 +90,7 @@ for i = 1, #due, 2 do
             redis.call('DEL', running .. job_id)
             redis.call('ZADD', KEYS[2], score, job_id)
             redis.call('ZREM', KEYS[1], job_id)
-        elseif free > 0 then
+        else
             claim(interactive, job_id, score, state)
         end
     end
@@ -91,7 +100,7 @@ if batch_free > 0 then
     due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'WITHSCORES', 'LIMIT', 0, limit)
     for i = 1, #due, 2 do
         if batch_free == 0 then break end
-        local state = claim_state(due[i])
+        local state = not ours[due[i]] and claim_state(due[i])
         if state then
             claim(batch, due[i], due[i + 1], state)
             batch_free = batch_free - 1
@@ -132,9 +141,11 @@ class LaneClaims:
         now_ms: int,
         in_progress_ttl_ms: int,
         may_reclaim: bool = False,
+        running: Collection[str] = (),
     ) -> LaneClaim:
         """Claim up to `free` due jobs, of them at most `batch_free` batch jobs; interactive
-        jobs first, each lane in score order; with `may_reclaim`, lapsed claims count as free."""
+        jobs first, each lane in score order; with `may_reclaim`, lapsed claims count as free.
+        `running`: the jobs this replica is running, passed over without a look."""
         reply = await self._claim(
             keys=self.lanes,
             args=[
@@ -148,7 +159,9 @@ class LaneClaims:
                 self.replica_id,
                 self.lease_prefix,
                 "1" if may_reclaim else "0",
+                len(BATCH_FUNCTIONS),
                 *sorted(BATCH_FUNCTIONS),
+                *running,
             ],
         )
         interactive, batch, reclaimed = reply
