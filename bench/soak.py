@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import os
 import signal
 import statistics
 import time
@@ -110,7 +111,7 @@ class Soak:
     elapsed_s: float = 0.0
     samples: list[tuple[float, int]] = field(default_factory=list)  # (time, jobs done)
     faults: list[Fault] = field(default_factory=list)
-    thawed: asyncio.Task[None] | None = None  # ends with the SIGCONT of a freeze under way
+    under_way: list[asyncio.Task[None]] = field(default_factory=list)  # SIGCONTs, replacements
     redis_commands: int = 0  # processed by Redis from the last enqueue to the last result
 
     def spawn(self, n: int) -> Replica:
@@ -120,8 +121,9 @@ class Soak:
         for replica in self.replicas:
             replica.kill()
 
-    def frozen(self) -> bool:
-        return self.thawed is not None and not self.thawed.done()
+    def busy(self) -> bool:
+        """A freeze or a replacement's start is under way: the next fault waits for its end."""
+        return any(not task.done() for task in self.under_way)
 
 
 def fault_plan(kills: int, freezes: int) -> list[str]:
@@ -138,17 +140,22 @@ async def strike(client: OrderClient, soak: Soak, kind: str, slot: int, done: in
     # Of these, only the victim's can start (again) after this instant.
     fault.recovery_s = None if fault.in_flight else 0.0
     if kind == "SIGSTOP":
-        soak.thawed = asyncio.create_task(thaw(victim, soak.freeze_s))
+        soak.under_way.append(asyncio.create_task(thaw(victim, soak.freeze_s)))
     else:
         await asyncio.to_thread(victim.process.wait)
-        soak.replicas[slot] = soak.spawn(len(soak.faults) + 2)
-        fault.restart_s = await soak.replicas[slot].ready(client.redis, QUEUE, READY_TIMEOUT_S)
+        replacement = soak.replicas[slot] = soak.spawn(len(soak.faults) + 2)
+        # Not awaited here: the jobs' recovery is timed while the replacement starts.
+        soak.under_way.append(asyncio.create_task(replaced(client, fault, replacement)))
     return fault
 
 
 async def thaw(victim: Replica, freeze_s: float) -> None:
     await asyncio.sleep(freeze_s)  # the freeze's length: the fault itself, not a wait for news
     victim.process.send_signal(signal.SIGCONT)
+
+
+async def replaced(client: OrderClient, fault: Fault, replacement: Replica) -> None:
+    fault.restart_s = await replacement.ready(client.redis, QUEUE, READY_TIMEOUT_S)
 
 
 async def drive(
@@ -166,7 +173,7 @@ async def drive(
         # Kill, freeze the other replica, then kill it: a replica woken from a freeze takes no
         # jobs over for two leases (leases.py), so the survivor of a kill is never just woken.
         slot = (len(soak.faults) + 1) // 2 % len(soak.replicas)
-        due = bool(thresholds) and done >= thresholds[0] and not soak.frozen()
+        due = bool(thresholds) and done >= thresholds[0] and not soak.busy()
         overdue = due and done >= thresholds[0] + soak.jobs * KILL_WINDOW
         if due and (overdue or await soak.replicas[slot].in_flight(client.redis, QUEUE)):
             thresholds.pop(0)
@@ -175,7 +182,7 @@ async def drive(
             if len(await results(client, fault.in_flight)) == len(fault.in_flight):
                 fault.recovery_s = time.monotonic() - fault.struck_at
         recovered = all(fault.recovery_s is not None for fault in soak.faults)
-        if done == soak.jobs and not thresholds and recovered and not soak.frozen():
+        if done == soak.jobs and not thresholds and recovered and not soak.busy():
             break
         await asyncio.sleep(SAMPLE_EVERY_S)
     soak.elapsed_s = time.monotonic() - started
@@ -203,8 +210,7 @@ async def run_soak(jobs: int, plan: list[str], freeze_s: float, root: Path) -> b
             for replica in soak.replicas:
                 await replica.ready(client.redis, QUEUE, READY_TIMEOUT_S)
             await drive(client, soak, requests, plan)
-            if soak.thawed is not None:  # a run cut short by its deadline may end mid-freeze
-                await soak.thawed
+            await asyncio.gather(*soak.under_way)  # a run cut short may end mid-freeze
             outcome = await results(client, [request.job_id for request in requests])
             check = await check_totals(engine)
             reported = {job_id: order_reported(outcome.get(job_id)) for job_id in orders}
@@ -218,6 +224,7 @@ def verdict(
 ) -> bool:
     failed = report(soak, outcome, check, placed)
     print(f"replica exit codes   {exit_codes} after SIGTERM")
+    print(f"load average         {os.getloadavg()[0]:.1f} (1 min, at the end; a shared machine)")
     logs = "".join(path.read_text(errors="replace") for path in sorted(soak.root.glob("*.log")))
     events = ("job.reclaimed", "job.lease_lost", "job.retrying")
     counts = ", ".join(f"{logs.count(json.dumps(event))} {event}" for event in events)
