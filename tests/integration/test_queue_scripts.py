@@ -45,14 +45,9 @@ def claim(
     may_reclaim: bool = False,
     running: Sequence[str] = (),
 ) -> Awaitable[LaneClaim]:
+    limits = {"free": free, "batch_free": batch_free, "read_limit": read_limit, "now_ms": now}
     return claims.claim(
-        free=free,
-        batch_free=batch_free,
-        read_limit=read_limit,
-        now_ms=now,
-        in_progress_ttl_ms=TTL_MS,
-        may_reclaim=may_reclaim,
-        running=running,
+        **limits, in_progress_ttl_ms=TTL_MS, may_reclaim=may_reclaim, running=running
     )
 
 
