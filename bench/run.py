@@ -1,6 +1,6 @@
 """The benchmark, in one command: `uv run python -m bench.run [--orders N] [--quick] [--no-readme]`;
-`--soak [--jobs N] [--kills N]` runs the soak instead (bench/soak.py), `--latency [--orders N]`
-interactive latency with and without a batch (bench/latency.py).
+`--soak [--jobs N] [--kills N] [--freezes N] [--freeze-s S]` runs the soak instead (bench/soak.py),
+`--latency [--orders N]` interactive latency with and without a batch (bench/latency.py).
 
 Loads the orders with set-based SQL, measures every row of the table in one run (so ratios compare
 figures taken on the same noisy machine minutes apart), prints the table and writes it, with the
@@ -27,7 +27,7 @@ from bench.noop_worker import NOOP_FUNCTION
 from bench.processes import exit_on_sigterm, kill_all, warm_bytecode_cache
 from bench.report import RESULTS_DIR, Row, results_section, write_readme
 from bench.rows import Results, build_rows
-from bench.soak import run_soak
+from bench.soak import fault_plan, run_soak
 from bench.stack import Bench, BenchServers, bench_servers, open_bench, say, server_versions
 from worker.settings import Settings, load_settings
 
@@ -44,6 +44,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-readme", action="store_true", help="do not write bench/README.md")
     parser.add_argument("--soak", action="store_true", help="the soak, with replicas killed")
     parser.add_argument("--kills", type=int, default=3, help="with --soak: replicas killed")
+    parser.add_argument("--freezes", type=int, default=2, help="with --soak: replicas frozen")
+    parser.add_argument("--freeze-s", type=float, default=10.0, help="with --soak: each freeze")
     parser.add_argument("--latency", action="store_true", help="latency, idle and during a batch")
     args = parser.parse_args(argv)
     if args.jobs is None:
@@ -60,7 +62,8 @@ def soak(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(
         prefix="orderworker-soak-", ignore_cleanup_errors=True
     ) as root:
-        passed = asyncio.run(run_soak(args.jobs, args.kills, Path(root)))
+        plan = fault_plan(args.kills, args.freezes)
+        passed = asyncio.run(run_soak(args.jobs, plan, args.freeze_s, Path(root)))
     print("PASS" if passed else "FAIL")
     return 0 if passed else 1
 

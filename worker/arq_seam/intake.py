@@ -94,6 +94,7 @@ class Intake:
                 now_ms=timestamp_ms(),
                 in_progress_ttl_ms=int(worker.in_progress_timeout_s * 1000),
                 may_reclaim=may_reclaim,
+                running=self.lanes.keys(),
             )
             jobs = claimed.jobs()
             if claimed.reclaimed:

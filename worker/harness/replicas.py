@@ -15,7 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from redis.asyncio import Redis
+
 from worker.harness.polling import poll_until
+from worker.health import live_replicas
 
 SETTINGS_PREFIX = "ORDERWORKER_"
 TEST_PREFIX = "ORDERWORKER_TEST_"  # the test suite's own variables, never a worker setting
@@ -91,6 +94,22 @@ class Replica:
                 if isinstance(event, dict) and name in (None, event.get("event")):
                     found.append(event)
         return found
+
+    async def in_flight(self, redis: Redis, queue_name: str) -> int | None:
+        """Jobs in flight by its last heartbeat (a kill then orphans them); None: none yet."""
+        beats = await live_replicas(redis, queue_name)
+        return next((int(b["in_flight"]) for b in beats if b["pid"] == self.pid), None)
+
+    async def ready(self, redis: Redis, queue_name: str, timeout_s: float) -> float:
+        """Seconds from its launch until its first heartbeat."""
+
+        async def beating() -> bool:
+            if not self.alive():
+                raise RuntimeError(f"replica exited at start; see {self.log_path}")
+            return await self.in_flight(redis, queue_name) is not None
+
+        await poll_until(beating, "a replica's first heartbeat", timeout_s, 0.1)
+        return time.monotonic() - self.started_at
 
     def excerpt(self, lines: int = 15) -> str:
         return "\n".join(self.log().splitlines()[-lines:])
