@@ -19,7 +19,7 @@ from sqlalchemy import text
 
 from worker.cli.db import seed, upgrade
 from worker.cli.exits import reports_errors
-from worker.cli.health import live_replicas
+from worker.cli.health_checks import live_replicas
 from worker.cli.resources import database, producer
 from worker.cli.runtime import configured, run_async
 from worker.cli.totals import describe_batch, run_batch
