@@ -13,7 +13,8 @@ from pathlib import Path
 
 from sqlalchemy import make_url
 
-from tests.conftest import DEADLINE_S, cli_env, poll_until, run_cli
+from tests.conftest import cli_env, run_cli
+from worker.harness.polling import DEADLINE_S, poll_until
 from worker.harness.servers import free_port
 from worker.settings import Settings
 
