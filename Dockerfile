@@ -38,10 +38,12 @@ FROM python:3.11-slim
 LABEL org.opencontainers.image.title="orderworker" \
       org.opencontainers.image.description="arq worker: order jobs from Redis, totals in PostgreSQL"
 
+# The state folder takes `orderworker demo`'s replica logs: /app is read-only for the user.
 ENV PATH=/app/.venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
-    ORDERWORKER_SETTINGS_FILE=/app/settings.toml
+    ORDERWORKER_SETTINGS_FILE=/app/settings.toml \
+    ORDERWORKER_STATE_DIR=/tmp/orderworker
 
 RUN groupadd --system --gid 10001 orderworker \
     && useradd --system --uid 10001 --gid 10001 --no-create-home \

@@ -227,6 +227,12 @@ def test_the_image_compiles_bytecode_at_build_time() -> None:
     assert ("COPY", "--from=builder /app/.venv /app/.venv") in final
 
 
+def test_the_demo_in_the_image_keeps_its_state_where_the_user_may_write() -> None:
+    """/app is root's; `orderworker demo` (with URLs set) writes its replicas' logs elsewhere."""
+    environment = " ".join(args for name, args in dockerfile_instructions() if name == "ENV")
+    assert "ORDERWORKER_STATE_DIR=/tmp/" in environment
+
+
 def test_redis_is_published_to_producers_on_the_host_on_loopback_only() -> None:
     [published] = service("redis")["ports"]
     assert interpolated(published, {}) == "127.0.0.1:6379:6379"
