@@ -39,6 +39,11 @@ def health(
 
         report_replicas(as_json, local)
         return
+    raise typer.Exit(probe(as_json, live=live, ready=ready))
+
+
+def probe(as_json: bool, *, live: bool, ready: bool) -> int:
+    """The probes asked for, each on its own lines (or all in one JSON object): the exit code."""
     report: dict[str, Any] = {}
     lines: list[tuple[bool, str]] = []
     if live:
@@ -67,4 +72,4 @@ def health(
     else:
         for ok, line in lines:
             typer.echo(line, err=not ok)
-    raise typer.Exit(0 if healthy else EXIT_FAILED)
+    return 0 if healthy else EXIT_FAILED
