@@ -53,6 +53,6 @@ app = typer.Typer(
 
 
 @app.callback()
-def main() -> None:
+def root() -> None:
     # A callback makes the app a group, whose commands come from the table. It has no options.
     pass
