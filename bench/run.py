@@ -1,6 +1,7 @@
 """The benchmark, in one command: `uv run python -m bench.run [--orders N] [--quick] [--no-readme]`;
 `--soak [--jobs N] [--kills N] [--freezes N] [--freeze-s S]` runs the soak instead (bench/soak.py),
-`--latency [--orders N]` interactive latency with and without a batch (bench/latency.py).
+`--latency [--orders N]` interactive latency with and without a batch (bench/latency.py),
+`--startup` the CLI's start-up (bench/startup.py).
 
 Loads the orders with set-based SQL, measures every row of the table in one run (so ratios compare
 figures taken on the same noisy machine minutes apart), prints the table and writes it, with the
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 import tempfile
 import time
@@ -25,10 +27,18 @@ from bench.latency import run_latency
 from bench.measure import Outcome
 from bench.noop_worker import NOOP_FUNCTION
 from bench.processes import exit_on_sigterm, kill_all, warm_bytecode_cache
-from bench.report import RESULTS_DIR, Row, results_section, write_readme
+from bench.report import (
+    RESULTS_DIR,
+    Row,
+    machine,
+    markdown_table,
+    results_section,
+    write_readme,
+)
 from bench.rows import Results, build_rows
 from bench.soak import fault_plan, run_soak
 from bench.stack import Bench, BenchServers, bench_servers, open_bench, say, server_versions
+from bench.startup import startup_rows
 from worker.settings import Settings, load_settings
 
 
@@ -47,6 +57,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--freezes", type=int, default=2, help="with --soak: replicas frozen")
     parser.add_argument("--freeze-s", type=float, default=10.0, help="with --soak: each freeze")
     parser.add_argument("--latency", action="store_true", help="latency, idle and during a batch")
+    parser.add_argument("--startup", action="store_true", help="CLI start-up CPU only (~20 s)")
     args = parser.parse_args(argv)
     if args.jobs is None:
         args.jobs = 100_000 if args.soak else 5_000
@@ -66,6 +77,25 @@ def soak(args: argparse.Namespace) -> int:
         passed = asyncio.run(run_soak(args.jobs, plan, args.freeze_s, Path(root)))
     print("PASS" if passed else "FAIL")
     return 0 if passed else 1
+
+
+def startup(args: argparse.Namespace, log_dir: Path) -> int:
+    with bench_servers() as servers:
+        rows = asyncio.run(startup_rows(servers.redis_url, log_dir))
+    section = "\n".join(
+        [
+            "Reproduce with `uv run python -m bench.run --startup`.",
+            "",
+            f"- Machine: {machine()}",
+            f"- Load average at the end (1 min; the machine is shared): {os.getloadavg()[0]:.1f}",
+            "",
+            markdown_table(rows),
+        ]
+    )
+    print(section)
+    if not args.no_readme:
+        write_readme(section, "startup")
+    return 0 if all(row.passed for row in rows) else 1
 
 
 def tuning_of(settings: Settings) -> str:
@@ -145,6 +175,8 @@ def run(argv: list[str] | None = None) -> int:
     log_dir = RESULTS_DIR / datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     started = time.monotonic()
     say(f"bytecode cache for child processes warmed in {warm_bytecode_cache():.1f}s")
+    if args.startup:
+        return startup(args, log_dir)
     exit_on_sigterm()
     try:
         # uvloop, as the product's processes run.

@@ -14,6 +14,7 @@ import yaml
 from sqlalchemy import make_url
 
 from jobs.connection import redis_settings_from_url
+from worker.readiness import READY_TIMEOUT_S
 from worker.settings import load_settings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -64,13 +65,16 @@ def test_every_core_resource_is_valid_against_the_kubernetes_schema(
     kubernetes_validate.validate(manifest, KUBERNETES_VERSION, strict=True)
 
 
-def test_the_worker_runs_non_root_with_a_local_liveness_probe_and_requests() -> None:
+def test_the_worker_runs_non_root_with_probes_and_requests() -> None:
     deployment = resource("Deployment", "orderworker-worker")
     pod = deployment["spec"]["template"]["spec"]
     worker = container(deployment)
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["runAsUser"] == 10001  # the Dockerfile's USER
-    assert worker["livenessProbe"]["exec"]["command"] == ["orderworker", "health", "--local"]
+    # Liveness reads a local file only: an outage of PostgreSQL or Redis never restarts a pod.
+    assert worker["livenessProbe"]["exec"]["command"] == ["orderworker", "health", "--live"]
+    assert worker["readinessProbe"]["exec"]["command"] == ["orderworker", "health", "--ready"]
+    assert worker["readinessProbe"]["timeoutSeconds"] > READY_TIMEOUT_S
     assert {"cpu", "memory"} <= worker["resources"]["requests"].keys()
     assert pod["terminationGracePeriodSeconds"] > 25  # worker.shutdown_grace_s drains first
     sources = {next(iter(ref.values()))["name"] for ref in worker["envFrom"]}

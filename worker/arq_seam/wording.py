@@ -16,7 +16,6 @@ from typing import Any
 from arq.worker import JobExecutionFailed
 
 from jobs.errors import describe
-from jobs.serialization import serialize
 
 # (text in arq's message, our error code), in the order they are tried.
 EXECUTION_FAILURE_CODES = (
@@ -50,6 +49,9 @@ def serialize_job_data(value: Any) -> bytes:
 
     arq's `serialize_result` hands the serializer a dict whose "r" is the job's outcome.
     """
+    # Here, not at the top: logging imports this module, and every CLI command configures logging.
+    from jobs.serialization import serialize
+
     if isinstance(value, dict) and isinstance(value.get("r"), JobExecutionFailed):
         value = {**value, "r": execution_failure_document(value["r"])}
     return serialize(value)

@@ -19,7 +19,7 @@ from arq.worker import logger as arq_logger
 
 from jobs.connection import REDIS_ERRORS, close_sentinels
 from jobs.lanes import lane_queue
-from worker.arq_seam.backoff import RedisBackoff
+from worker.arq_seam.backoff import MAX_RECONNECT_DELAY_S, RedisBackoff
 from worker.arq_seam.dead_letters import DeadLetters
 from worker.arq_seam.drain import Drain
 from worker.arq_seam.finishing import Finishing
@@ -33,6 +33,7 @@ from worker.arq_seam.polling import Polling
 from worker.arq_seam.scripts import QueueScripts
 from worker.arq_seam.wakeups import Wakeups
 from worker.arq_seam.wording import serialize_job_data
+from worker.liveness import LivenessFile
 
 log = structlog.get_logger("orderworker.worker")
 
@@ -69,6 +70,9 @@ class SeamWorker(Worker):
         )
         self.wakeups = Wakeups(self.queue_name, self.intake.woken)
         self.lane_finish = LaneFinish(self.queue_name, replica_id)
+        # A turn waits at most a health interval for a free slot or a backoff delay for Redis.
+        stale_after_s = 3 * (self.health_check_interval + MAX_RECONNECT_DELAY_S)
+        self.liveness = LivenessFile(replica_id, stale_after_s, self._liveness_unwritable)
         self._scripts: QueueScripts | None = None
         self._claims: LaneClaims | None = None
         self.finishing.still_ours = self._still_ours
@@ -107,6 +111,9 @@ class SeamWorker(Worker):
             return True
         return holder is not None and holder.decode() == self.replica_id
 
+    def _liveness_unwritable(self, error: OSError) -> None:
+        log.warning("worker.liveness_unwritable", path=str(self.liveness.path), error=str(error))
+
     async def _job_started(self, ctx: dict[str, Any]) -> None:
         # arq's on_job_start hook: run_job has counted the try and is about to call the job.
         self.intake.job_started(ctx["job_id"])
@@ -134,8 +141,10 @@ class SeamWorker(Worker):
         await self.leases.beat(self.pool)  # our lease exists before our first claim names us
         self.leases.start(self.pool)
         self.wakeups.start(self.pool)
+        self.liveness.start()
         while True:
             await self.backoff.run(self._poll_iteration)
+            self.liveness.turned()
             if self.burst and await self.polling.burst_done():
                 await asyncio.gather(*self.tasks.values())
                 return
@@ -231,6 +240,7 @@ class SeamWorker(Worker):
     async def close(self) -> None:
         """Wraps Worker.close: after the drain, and without this replica's heartbeat."""
         await self.drain.finished()
+        self.liveness.stop()
         await self.wakeups.close()
         await self.leases.close(self._pool)
         pool = self._pool  # arq's private pool: None before main() and after close()

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from functools import wraps
 from typing import NoReturn, ParamSpec
 
 import typer
-from sqlalchemy.exc import DBAPIError
-
-from jobs.connection import REDIS_ERRORS
 
 P = ParamSpec("P")
 
@@ -32,6 +30,18 @@ def first_line(error: BaseException) -> str:
     return text_lines[0] if text_lines else type(error).__name__
 
 
+def service_errors() -> tuple[type[Exception], ...]:
+    """Redis's and SQLAlchemy's errors, read from sys.modules: only a command that imported a
+    client can meet its errors, and the others (health's probes) never import them."""
+    redis, sqlalchemy = sys.modules.get("jobs.connection"), sys.modules.get("sqlalchemy.exc")
+    found: tuple[type[Exception], ...] = (TimeoutError, ConnectionError, OSError)
+    if redis is not None:
+        found += redis.REDIS_ERRORS
+    if sqlalchemy is not None:
+        found += (sqlalchemy.DBAPIError,)
+    return found
+
+
 def reports_errors(command: Callable[P, None]) -> Callable[P, None]:
     """Turn expected errors into one line and an exit code instead of a traceback."""
 
@@ -41,7 +51,7 @@ def reports_errors(command: Callable[P, None]) -> Callable[P, None]:
             command(*args, **kwargs)
         except UsageError as error:
             fail(str(error))
-        except (*REDIS_ERRORS, TimeoutError, DBAPIError) as error:
+        except service_errors() as error:
             fail(f"{type(error).__name__}: {first_line(error)}", EXIT_FAILED)
 
     return wrapper
