@@ -29,9 +29,11 @@ def replica_env(
     base: Mapping[str, str] | None = None,
     inherit_settings: bool = True,
     extra: Mapping[str, str] | None = None,
+    metrics_port: int = 0,
 ) -> dict[str, str]:
     """`base` (this process's environment by default) with the servers, the queue and JSON logs;
-    without `inherit_settings`, its own ORDERWORKER_* settings are left out first."""
+    without `inherit_settings`, its own ORDERWORKER_* settings are left out first. No /metrics
+    unless `metrics_port` asks: many replicas run at once on one host."""
     env = {
         key: value
         for key, value in (os.environ if base is None else base).items()
@@ -42,6 +44,7 @@ def replica_env(
         ORDERWORKER_REDIS_URL=redis_url,
         ORDERWORKER_QUEUE_NAME=queue_name,
         ORDERWORKER_LOG__FORMAT="json",
+        ORDERWORKER_WORKER__METRICS_PORT=str(metrics_port),
     )
     env.update(extra or {})
     return env
