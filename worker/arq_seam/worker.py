@@ -66,7 +66,7 @@ class SeamWorker(Worker):
             self, self.max_jobs if batch_slots is None else batch_slots, metrics=metrics
         )
         self.backoff = RedisBackoff()
-        self.heartbeats = Heartbeats(self, replica_id)
+        self.heartbeats = Heartbeats(self, replica_id, self.slot_use)
         self.drain = Drain(self, self.intake, shutdown_grace_s, lambda: self.scripts)
         self.leases = LeaseKeeper(self.queue_name, replica_id, lease_s)
         self.pending = PendingWrites()

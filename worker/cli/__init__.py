@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from worker.cli import demo, health, totals, worker
+from worker.cli import demo, health, status, totals, worker
 from worker.cli.db import db_app
 from worker.cli.jobs import jobs_app
 from worker.cli.order import order_app
@@ -18,6 +18,7 @@ app = typer.Typer(
 app.command("worker")(worker.worker)
 app.command("totals")(totals.totals)
 app.command("health")(health.health)
+app.command("status")(status.status)
 app.command("demo")(demo.demo)
 app.add_typer(db_app, name="db")
 app.add_typer(order_app, name="order")
