@@ -29,6 +29,15 @@ Outcome = Literal["success", "failed", "retried"]
 UNKNOWN_FUNCTION = "<unknown>"  # any name not registered: producers cannot grow the label set
 QUEUE_READ_EVERY_S = 1.0
 QUEUE_READ_TIMEOUT_S = 2.0
+QUEUE_GAUGES = {  # name: help, in QueueCollector's order
+    "orderworker_queue_ready_jobs": "Jobs due and not running, both lanes.",
+    "orderworker_queue_deferred_jobs": "Jobs whose time has not come yet, both lanes.",
+    "orderworker_queue_in_progress_jobs": "Jobs running on some replica, both lanes.",
+    "orderworker_queue_oldest_ready_age_seconds": (
+        "How long the oldest ready job has waited since it was due; 0 with none."
+    ),
+}
+QUEUE_GAUGE_NAMES = tuple(QUEUE_GAUGES)
 DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800)
 
@@ -169,18 +178,9 @@ class QueueCollector(Collector):
         depth = self._depth if self._fresh() else self._read_from_thread()
         if depth is None:
             return
-        gauges = (
-            ("ready_jobs", "Jobs due and not running, both lanes.", depth.ready),
-            ("deferred_jobs", "Jobs whose time has not come yet, both lanes.", depth.deferred),
-            ("in_progress_jobs", "Jobs running on some replica, both lanes.", depth.in_progress),
-            (
-                "oldest_ready_age_seconds",
-                "How long the oldest ready job has waited since it was due; 0 with none.",
-                depth.oldest_ready_age_s,
-            ),
-        )
-        for name, documentation, value in gauges:
-            yield GaugeMetricFamily(f"orderworker_queue_{name}", documentation, value=value)
+        values = (depth.ready, depth.deferred, depth.in_progress, depth.oldest_ready_age_s)
+        for (name, documentation), value in zip(QUEUE_GAUGES.items(), values, strict=True):
+            yield GaugeMetricFamily(name, documentation, value=value)
 
     def _read_from_thread(self) -> QueueDepth | None:
         future = asyncio.run_coroutine_threadsafe(self.depth(), self.loop)
