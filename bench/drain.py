@@ -4,7 +4,10 @@ all queued before the worker is spawned; the clock runs from its spawn until the
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
+import urllib.request
 
 from redis.asyncio import Redis
 
@@ -18,6 +21,15 @@ from worker.harness.checks import check_totals
 from worker.harness.polling import poll_until
 
 RESULT_POLL_S = 0.05
+SCRAPE_EVERY_S = 1.0  # with metrics on: /metrics read as often as the queue gauges change
+
+
+def scrape(port: int) -> None:
+    with (
+        contextlib.suppress(OSError),
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response,
+    ):
+        response.read()
 
 
 async def redis_commands(redis: Redis) -> int:
@@ -40,18 +52,29 @@ async def enqueue_single_jobs(bench: Bench, queue: str, function: str, jobs: int
 
 
 async def single_jobs(
-    bench: Bench, label: str, jobs: int, function: str, worker_args: list[str]
+    bench: Bench,
+    label: str,
+    jobs: int,
+    function: str,
+    worker_args: list[str],
+    metrics_port: int = 0,
 ) -> Outcome:
+    """With `metrics_port`, the worker serves /metrics there and is scraped every second."""
+    if metrics_port:
+        worker_args = [*worker_args, "--metrics-port", str(metrics_port)]
     queue = bench.queue(label)
     await truncate_totals(bench.engine)
     job_ids = await enqueue_single_jobs(bench, queue, function, jobs)
     keys = ["arq:result:" + job_id for job_id in job_ids]
     commands_before = await redis_commands(bench.redis)
     child = Child(worker_args, bench.env(queue), bench.log_dir, label)
-    polls, first_result, startup_cpu = 0, 0.0, 0.0
+    polls, first_result, startup_cpu, scraped = 0, 0.0, 0.0, 0.0
 
     async def all_results() -> bool:
-        nonlocal polls, first_result, startup_cpu
+        nonlocal polls, first_result, startup_cpu, scraped
+        if metrics_port and time.perf_counter() - scraped >= SCRAPE_EVERY_S:
+            await asyncio.to_thread(scrape, metrics_port)
+            scraped = time.perf_counter()
         done = int(await bench.redis.exists(*keys))
         polls += 1
         if done and not first_result:

@@ -12,6 +12,7 @@ from worker.settings import Settings
 BATCH_TARGET = 0.5  # of the SQL limit (aim: 0.8)
 BATCH_AIM = 0.8
 JOBS_TARGET = 0.6  # of the bare arq no-op rate, same tuning
+METRICS_TARGET = 0.97  # metrics on, of the same drain with them off: a cost under 3%
 SUBMIT_TARGET = 20_000.0  # orders/s
 RSS_TARGET_MIB = 100.0
 
@@ -24,11 +25,12 @@ class Results:
     batch: dict[int, Outcome] = field(default_factory=dict)
     submit: Outcome | None = None
     jobs: Outcome | None = None
+    jobs_metrics: Outcome | None = None  # the jobs row again, with /metrics served and scraped
     noop: Outcome | None = None
     problems: list[str] = field(default_factory=list)  # of measurements without an Outcome
 
     def outcomes(self) -> list[Outcome]:
-        found = [self.submit, self.jobs, self.noop, *self.sql_limits.values()]
+        found = [self.submit, self.jobs, self.jobs_metrics, self.noop, *self.sql_limits.values()]
         found += self.batch.values()
         return [outcome for outcome in found if outcome is not None]
 
@@ -109,7 +111,7 @@ def _job_rows(results: Results, settings: Settings) -> list[Row]:
     assert results.jobs is not None and results.noop is not None
     noop, jobs = results.noop, results.jobs
     tuning = f"poll {settings.worker.poll_delay_s:g}s, max_jobs {settings.worker.concurrency}"
-    return [
+    rows = [
         held_to(
             "`compute_order_total` jobs, 1 replica",
             jobs,
@@ -126,6 +128,21 @@ def _job_rows(results: Results, settings: Settings) -> list[Row]:
             note=f"{tuning}: baseline for the jobs row; {_drain_note(noop)}",
         ),
     ]
+    if results.jobs_metrics is not None:
+        rows.insert(1, _metrics_row(results.jobs_metrics, jobs))
+    return rows
+
+
+def _metrics_row(with_metrics: Outcome, without: Outcome) -> Row:
+    return held_to(
+        "the same jobs, metrics on (/metrics scraped every second)",
+        with_metrics,
+        "jobs",
+        _drain_note(with_metrics),
+        baseline=(without, "metrics off"),
+        target=METRICS_TARGET,
+        target_text=f">= {METRICS_TARGET}x (cost < 3%)",
+    )
 
 
 def _drain_note(outcome: Outcome) -> str:
