@@ -24,12 +24,25 @@ RESULT_POLL_S = 0.05
 SCRAPE_EVERY_S = 1.0  # with metrics on: /metrics read as often as the queue gauges change
 
 
-def scrape(port: int) -> None:
-    with (
-        contextlib.suppress(OSError),
-        urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response,
-    ):
-        response.read()
+class Scraper:
+    """Reads the worker's /metrics at most every SCRAPE_EVERY_S; without a port, never."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}/metrics"
+        self._last = 0.0
+
+    def worker_args(self) -> list[str]:
+        return ["--metrics-port", str(self.port)] if self.port else []
+
+    async def maybe(self) -> None:
+        if self.port and time.perf_counter() - self._last >= SCRAPE_EVERY_S:
+            await asyncio.to_thread(self._read)
+            self._last = time.perf_counter()
+
+    def _read(self) -> None:
+        with contextlib.suppress(OSError), urllib.request.urlopen(self.url, timeout=5) as page:
+            page.read()
 
 
 async def redis_commands(redis: Redis) -> int:
@@ -60,21 +73,18 @@ async def single_jobs(
     metrics_port: int = 0,
 ) -> Outcome:
     """With `metrics_port`, the worker serves /metrics there and is scraped every second."""
-    if metrics_port:
-        worker_args = [*worker_args, "--metrics-port", str(metrics_port)]
+    scraper = Scraper(metrics_port)
     queue = bench.queue(label)
     await truncate_totals(bench.engine)
     job_ids = await enqueue_single_jobs(bench, queue, function, jobs)
     keys = ["arq:result:" + job_id for job_id in job_ids]
     commands_before = await redis_commands(bench.redis)
-    child = Child(worker_args, bench.env(queue), bench.log_dir, label)
-    polls, first_result, startup_cpu, scraped = 0, 0.0, 0.0, 0.0
+    child = Child([*worker_args, *scraper.worker_args()], bench.env(queue), bench.log_dir, label)
+    polls, first_result, startup_cpu = 0, 0.0, 0.0
 
     async def all_results() -> bool:
-        nonlocal polls, first_result, startup_cpu, scraped
-        if metrics_port and time.perf_counter() - scraped >= SCRAPE_EVERY_S:
-            await asyncio.to_thread(scrape, metrics_port)
-            scraped = time.perf_counter()
+        nonlocal polls, first_result, startup_cpu
+        await scraper.maybe()
         done = int(await bench.redis.exists(*keys))
         polls += 1
         if done and not first_result:

@@ -26,6 +26,8 @@ IN_PROGRESS_SCAN = 2000
 
 @dataclass(frozen=True, slots=True)
 class LaneDepth:
+    """One lane's jobs: ready (due, not running), deferred (due later), in progress."""
+
     ready: int
     deferred: int
     in_progress: int
@@ -33,33 +35,26 @@ class LaneDepth:
 
 
 @dataclass(frozen=True, slots=True)
-class QueueDepth:
+class QueueDepth(LaneDepth):
+    """Both lanes together, and each of them."""
+
     lanes: dict[Lane, LaneDepth]
 
-    @property
-    def ready(self) -> int:
-        return sum(lane.ready for lane in self.lanes.values())
-
-    @property
-    def deferred(self) -> int:
-        return sum(lane.deferred for lane in self.lanes.values())
-
-    @property
-    def in_progress(self) -> int:
-        return sum(lane.in_progress for lane in self.lanes.values())
-
-    @property
-    def oldest_ready_age_s(self) -> float:
-        return max(lane.oldest_ready_age_s for lane in self.lanes.values())
+    @classmethod
+    def of(cls, lanes: dict[Lane, LaneDepth]) -> QueueDepth:
+        each = lanes.values()
+        return cls(
+            ready=sum(lane.ready for lane in each),
+            deferred=sum(lane.deferred for lane in each),
+            in_progress=sum(lane.in_progress for lane in each),
+            oldest_ready_age_s=max(lane.oldest_ready_age_s for lane in each),
+            lanes=lanes,
+        )
 
     def as_json(self) -> dict[str, object]:
-        return {
-            "ready": self.ready,
-            "deferred": self.deferred,
-            "in_progress": self.in_progress,
-            "oldest_ready_age_s": round(self.oldest_ready_age_s, 3),
-            "lanes": {name: asdict(lane) for name, lane in self.lanes.items()},
-        }
+        shown = asdict(self)  # the lanes too, as dicts
+        shown["oldest_ready_age_s"] = round(self.oldest_ready_age_s, 3)
+        return shown
 
 
 async def read_queue_depth(
@@ -88,7 +83,7 @@ async def read_queue_depth(
             in_progress=sum(running),
             oldest_ready_age_s=0.0 if oldest is None else max(0.0, (now_ms - oldest) / 1000),
         )
-    return QueueDepth(lanes)
+    return QueueDepth.of(lanes)
 
 
 async def _held(redis: Redis, job_ids: list[bytes]) -> list[bool]:
