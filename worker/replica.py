@@ -83,7 +83,7 @@ class OrderWorker(SeamWorker):
         await self._check_database(engine)
         ctx.update(self._worker_context(engine))
         if self.metrics is not None:
-            await self._serve_metrics(self.metrics, engine)
+            self._serve_metrics(self.metrics)
         log.info(
             "worker.started",
             replica_id=self.replica_id,
@@ -94,7 +94,8 @@ class OrderWorker(SeamWorker):
             redis=redacted(self.redis_settings) if self.redis_settings else "shared pool",
         )
 
-    async def _serve_metrics(self, metrics: ReplicaMetrics, engine: AsyncEngine) -> None:
+    def _serve_metrics(self, metrics: ReplicaMetrics) -> None:
+        """The engine is in the context by now: shutdown disposes of it if this fails."""
         registry, port = metrics.registry, self.settings.worker.metrics_port
         registry.register(SlotCollector(self.slot_use))
         registry.register(QueueCollector(self.pool, self.queue_name, asyncio.get_running_loop()))
@@ -102,7 +103,6 @@ class OrderWorker(SeamWorker):
         try:
             server.start()
         except OSError as error:
-            await engine.dispose()
             message = f"metrics port {port}: {error.strerror or error}"
             raise StartupError(f"{message} (set ORDERWORKER_WORKER__METRICS_PORT)") from None
         self.metrics_server = server

@@ -4,6 +4,8 @@ and the oldest-ready-age gauge follows a backlog up and back to 0 within 2 s eac
 from __future__ import annotations
 
 import asyncio
+import socket
+import subprocess
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -154,3 +156,20 @@ async def test_the_oldest_ready_age_follows_a_backlog_up_and_down_within_2s(
     # Cleared: every job finished. The gauge reads 0 again within the bound.
     await poll_until(lambda: gauge(lambda s: value(s, AGE) == 0), "age back", GAUGE_DEADLINE_S)
     assert rose_after_s <= GAUGE_DEADLINE_S
+
+
+async def test_a_metrics_port_in_use_stops_the_replica_with_one_line(
+    worker_processes: Callable[..., subprocess.Popen[str]],
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        process = worker_processes(ORDERWORKER_WORKER__METRICS_PORT=str(port))
+        _, stderr = await asyncio.to_thread(process.communicate, timeout=DEADLINE_S)
+
+    assert process.returncode == 1
+    [line] = [line for line in stderr.splitlines() if line.startswith("orderworker:")]
+    assert line.startswith(f"orderworker: metrics port {port}: ")
+    assert "ORDERWORKER_WORKER__METRICS_PORT" in line
+    assert "Traceback" not in stderr
