@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-import urllib.request
 
 from redis.asyncio import Redis
 
@@ -19,6 +18,7 @@ from jobs.client import JobRequest, OrderClient
 from jobs.connection import redis_settings_from_url
 from worker.harness.checks import check_totals
 from worker.harness.polling import poll_until
+from worker.harness.replicas import scrape
 
 RESULT_POLL_S = 0.05
 SCRAPE_EVERY_S = 1.0  # with metrics on: /metrics read as often as the queue gauges change
@@ -29,7 +29,6 @@ class Scraper:
 
     def __init__(self, port: int) -> None:
         self.port = port
-        self.url = f"http://127.0.0.1:{port}/metrics"
         self._last = 0.0
 
     def worker_args(self) -> list[str]:
@@ -41,8 +40,8 @@ class Scraper:
             self._last = time.perf_counter()
 
     def _read(self) -> None:
-        with contextlib.suppress(OSError), urllib.request.urlopen(self.url, timeout=5) as page:
-            page.read()
+        with contextlib.suppress(OSError):
+            scrape(self.port)
 
 
 async def redis_commands(redis: Redis) -> int:

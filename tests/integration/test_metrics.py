@@ -7,43 +7,26 @@ import asyncio
 import socket
 import subprocess
 import time
-import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from jobs.client import JobRequest, OrderClient
 from tests.conftest import REPO_ROOT, cli_env, poll_until
 from worker.harness.polling import DEADLINE_S
-from worker.harness.replicas import Replica, stop_all
+from worker.harness.replicas import Replica, Samples, sample, scrape, stop_all
 from worker.harness.servers import free_port
 from worker.settings import Settings
 
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 GAUGE_DEADLINE_S = 2.0  # the bound, each way
 AGE = "orderworker_queue_oldest_ready_age_seconds"
 
 
-def scrape(port: int) -> Samples:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        body = response.read().decode()
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(body)
-        for sample in family.samples
-    }
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    return samples[(name, tuple(sorted(labels.items())))]
-
-
 def jobs_counted(samples: Samples, function: str, outcome: str) -> int:
-    return int(value(samples, "orderworker_jobs_total", function=function, outcome=outcome))
+    return int(sample(samples, "orderworker_jobs_total", function=function, outcome=outcome))
 
 
 StartReplica = Callable[..., Awaitable[int]]
@@ -103,23 +86,23 @@ async def test_jobs_counted_equal_results_stored_under_load(
     assert jobs_counted(final, "compute_order_total", "failed") == len(job_ids) - stored_ok
     async with sessionmaker() as session:
         rows = (await session.execute(text("SELECT count(*) FROM failed_jobs"))).scalar_one()
-    assert value(final, "orderworker_dead_letters_total", code="unknown_order") == rows == 30
-    count = value(final, "orderworker_job_duration_seconds_count", function="compute_order_total")
+    assert sample(final, "orderworker_dead_letters_total", code="unknown_order") == rows == 30
+    count = sample(final, "orderworker_job_duration_seconds_count", function="compute_order_total")
     assert count == len(job_ids)
-    waits = value(final, "orderworker_job_wait_seconds_count", function="compute_order_total")
+    waits = sample(final, "orderworker_job_wait_seconds_count", function="compute_order_total")
     assert waits == len(job_ids)
     counted = [jobs_counted(sample, "compute_order_total", "success") for sample in scrapes]
     assert counted == sorted(counted)  # a counter never goes back
-    assert value(final, "orderworker_jobs_in_flight") == 0
-    assert value(final, "orderworker_lane_slots", lane="interactive") == 20
-    assert value(final, "orderworker_lane_slots", lane="batch") == 2
-    assert value(final, "orderworker_lane_slots_in_use", lane="batch") == 0
+    assert sample(final, "orderworker_jobs_in_flight") == 0
+    assert sample(final, "orderworker_lane_slots", lane="interactive") == 20
+    assert sample(final, "orderworker_lane_slots", lane="batch") == 2
+    assert sample(final, "orderworker_lane_slots_in_use", lane="batch") == 0
 
     async def queue_empty() -> bool:  # the queue gauges may be up to a second old
-        return value(await asyncio.to_thread(scrape, port), "orderworker_queue_ready_jobs") == 0
+        return sample(await asyncio.to_thread(scrape, port), "orderworker_queue_ready_jobs") == 0
 
     await poll_until(queue_empty, "the ready gauge at 0", GAUGE_DEADLINE_S)
-    assert value(final, "orderworker_leases_lost_total") == 0
+    assert sample(final, "orderworker_leases_lost_total") == 0
 
 
 async def test_the_oldest_ready_age_follows_a_backlog_up_and_down_within_2s(
@@ -138,23 +121,23 @@ async def test_the_oldest_ready_age_follows_a_backlog_up_and_down_within_2s(
             return predicate(await asyncio.to_thread(scrape, port))
 
         await poll_until(
-            lambda: gauge(lambda s: value(s, "orderworker_jobs_in_flight") == 1), "the held job"
+            lambda: gauge(lambda s: sample(s, "orderworker_jobs_in_flight") == 1), "the held job"
         )
-        assert value(await asyncio.to_thread(scrape, port), AGE) == 0
+        assert sample(await asyncio.to_thread(scrape, port), AGE) == 0
         backlog = [await client.compute_order_total(2 + n % 2) for n in range(20)]
         built = time.monotonic()
-        await poll_until(lambda: gauge(lambda s: value(s, AGE) > 0), "age up", GAUGE_DEADLINE_S)
+        await poll_until(lambda: gauge(lambda s: sample(s, AGE) > 0), "age up", GAUGE_DEADLINE_S)
         rose_after_s = time.monotonic() - built
-        await poll_until(lambda: gauge(lambda s: value(s, AGE) > 1.0), "age rising")
+        await poll_until(lambda: gauge(lambda s: sample(s, AGE) > 1.0), "age rising")
         samples = await asyncio.to_thread(scrape, port)
-        assert value(samples, "orderworker_queue_ready_jobs") == 20
-        assert value(samples, "orderworker_queue_in_progress_jobs") == 1
+        assert sample(samples, "orderworker_queue_ready_jobs") == 20
+        assert sample(samples, "orderworker_queue_in_progress_jobs") == 1
         await blocker.rollback()  # the held job goes on; the backlog drains behind it
 
     outcomes = [await client.wait(job_id, 30) for job_id in [held, *backlog]]
     assert all(outcome.success for outcome in outcomes)
     # Cleared: every job finished. The gauge reads 0 again within the bound.
-    await poll_until(lambda: gauge(lambda s: value(s, AGE) == 0), "age back", GAUGE_DEADLINE_S)
+    await poll_until(lambda: gauge(lambda s: sample(s, AGE) == 0), "age back", GAUGE_DEADLINE_S)
     assert rose_after_s <= GAUGE_DEADLINE_S
 
 
