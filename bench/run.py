@@ -39,6 +39,7 @@ from bench.rows import Results, build_rows
 from bench.soak import fault_plan, run_soak
 from bench.stack import Bench, BenchServers, bench_servers, open_bench, say, server_versions
 from bench.startup import startup_rows
+from worker.harness.servers import free_port
 from worker.settings import Settings, load_settings
 
 
@@ -118,6 +119,10 @@ async def measure_all(bench: Bench, args: argparse.Namespace, results: Results) 
     jobs = args.jobs
     single = drain.single_jobs(bench, "jobs", jobs, "compute_order_total", ["worker", "worker"])
     results.jobs = await measured(f"{jobs:,} compute_order_total jobs, one replica", single)
+    with_metrics = drain.single_jobs(
+        bench, "jobs-metrics", jobs, "compute_order_total", ["worker", "worker"], free_port()
+    )
+    results.jobs_metrics = await measured("the same, metrics on and scraped", with_metrics)
     # arq tuning of the product's worker, for the bare arq worker it is compared with.
     worker = load_settings().worker
     tuned = ["--poll-delay", str(worker.poll_delay_s), "--max-jobs", str(worker.concurrency)]

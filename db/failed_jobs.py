@@ -133,3 +133,15 @@ async def purge_failures(session: AsyncSession, older_than: timedelta) -> int:
     cutoff = func.now() - older_than  # the database's clock, the one that stamped the rows
     result = await session.execute(delete(FailedJob).where(FailedJob.last_failed_at < cutoff))
     return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def failure_counts_since(session: AsyncSession, within: timedelta) -> dict[str, int]:
+    """Failed jobs whose last failure is within `within` of now, by error code."""
+    cutoff = func.now() - within  # the database's clock, the one that stamped the rows
+    query = (
+        select(FailedJob.error_code, func.count())
+        .where(FailedJob.last_failed_at >= cutoff)
+        .group_by(FailedJob.error_code)
+        .order_by(func.count().desc(), FailedJob.error_code)
+    )
+    return {code: int(count) for code, count in (await session.execute(query)).all()}

@@ -23,6 +23,7 @@ from jobs.serialization import make_deserializer
 from worker.arq_seam.backoff import MAX_RECONNECT_DELAY_S
 from worker.arq_seam.dead_letters import DeadLetters
 from worker.arq_seam.worker import SeamWorker
+from worker.metrics import MetricsServer, QueueCollector, ReplicaMetrics, SlotCollector
 from worker.settings import Settings, at_most, settings_file
 
 __all__ = [
@@ -45,8 +46,10 @@ class StartupError(Exception):
 class OrderWorker(SeamWorker):
     def __init__(self, settings: Settings, **kwargs: Any) -> None:
         tuning = settings.worker
+        functions = registry(tuning.job_timeout_s, tuning.max_tries)
         super().__init__(
-            functions=registry(tuning.job_timeout_s, tuning.max_tries),
+            functions=functions,
+            metrics=ReplicaMetrics([f.name for f in functions]) if tuning.metrics_port else None,
             replica_id=f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}",
             shutdown_grace_s=tuning.shutdown_grace_s,
             batch_slots=_batch_slots(settings),
@@ -64,6 +67,7 @@ class OrderWorker(SeamWorker):
         self.settings = settings
         self.on_startup = self._startup
         self.on_shutdown = self._shutdown
+        self.metrics_server: MetricsServer | None = None
 
     async def _startup(self, ctx: dict[str, Any]) -> None:
         database = self.settings.database
@@ -78,22 +82,43 @@ class OrderWorker(SeamWorker):
         )
         await self._check_database(engine)
         ctx.update(self._worker_context(engine))
+        if self.metrics is not None:
+            self._serve_metrics(self.metrics)
         log.info(
             "worker.started",
             replica_id=self.replica_id,
             queue=self.queue_name,
             concurrency=self.max_jobs,
             batch_slots=self.intake.batch_slots,
+            metrics_port=self.settings.worker.metrics_port or None,
             redis=redacted(self.redis_settings) if self.redis_settings else "shared pool",
             settings_file=str(path) if (path := settings_file()) else None,
         )
+
+    def _serve_metrics(self, metrics: ReplicaMetrics) -> None:
+        """The engine is in the context by now: shutdown disposes of it if this fails."""
+        registry, port = metrics.registry, self.settings.worker.metrics_port
+        registry.register(SlotCollector(self.slot_use))
+        registry.register(QueueCollector(self.pool, self.queue_name, asyncio.get_running_loop()))
+        server = MetricsServer(registry, port)
+        try:
+            server.start()
+        except OSError as error:
+            message = f"metrics port {port}: {error.strerror or error}"
+            raise StartupError(f"{message} (set ORDERWORKER_WORKER__METRICS_PORT)") from None
+        self.metrics_server = server
 
     def _worker_context(self, engine: AsyncEngine) -> WorkerContext:
         database, tuning = self.settings.database, self.settings.worker
         sessionmaker = create_sessionmaker(engine)
         db_slots = asyncio.Semaphore(database.pool_size + database.max_overflow)
         dead_letters = DeadLetters(
-            self.pool, self.queue_name, sessionmaker, db_slots, replica_id=self.replica_id
+            self.pool,
+            self.queue_name,
+            sessionmaker,
+            db_slots,
+            replica_id=self.replica_id,
+            metrics=self.metrics,
         )
         self.use_dead_letters(dead_letters)
         return WorkerContext(
@@ -136,6 +161,9 @@ class OrderWorker(SeamWorker):
             raise StartupError("database has no schema: run `orderworker db upgrade` first")
 
     async def _shutdown(self, ctx: dict[str, Any]) -> None:
+        if self.metrics_server is not None:
+            await self.metrics_server.stop()
+            self.metrics_server = None
         engine = ctx.get("engine")
         if engine is not None:  # absent when startup failed
             await engine.dispose()

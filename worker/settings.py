@@ -96,6 +96,8 @@ class WorkerTuning(Section):
     shutdown_grace_s: float = Field(default=25.0, ge=0)
     keep_result_s: int = Field(default=3600, ge=1)
     max_payload_bytes: int = Field(default=1_048_576, ge=1024)
+    # Where this replica serves Prometheus text at /metrics; 0 serves nothing and counts nothing.
+    metrics_port: int = Field(default=9100, ge=0, le=65535)
     # Of `concurrency`, how many slots batch jobs may take at once; interactive jobs use any.
     # None: a tenth of them, at least one (with a concurrency of 1 the one slot is shared, and
     # each claim takes interactive jobs first).

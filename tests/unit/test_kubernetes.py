@@ -14,6 +14,7 @@ import yaml
 from sqlalchemy import make_url
 
 from jobs.connection import redis_settings_from_url
+from worker.metrics import QUEUE_GAUGE_NAMES
 from worker.readiness import READY_TIMEOUT_S
 from worker.settings import load_settings
 
@@ -130,7 +131,14 @@ def test_the_metrics_port_is_the_one_the_pods_declare() -> None:
     ports = {port["name"]: port["containerPort"] for port in container(deployment)["ports"]}
     annotations = deployment["spec"]["template"]["metadata"]["annotations"]
     assert ports["metrics"] == int(annotations["prometheus.io/port"])
-    assert "ORDERWORKER_WORKER__METRICS_PORT" not in settings  # not a setting yet: see below
+    assert annotations["prometheus.io/path"] == "/metrics"
+    assert int(settings["ORDERWORKER_WORKER__METRICS_PORT"]) == ports["metrics"]
+
+
+def test_the_scaled_object_reads_a_gauge_the_replicas_serve() -> None:
+    query = resource("ScaledObject", "orderworker-worker")["spec"]["triggers"][0]["metadata"]
+    assert set(QUEUE_GAUGES) <= set(QUEUE_GAUGE_NAMES)  # worker/metrics.py serves them
+    assert any(gauge in query["query"] for gauge in QUEUE_GAUGE_NAMES)
 
 
 def test_the_configmap_passes_only_settings_the_worker_accepts(

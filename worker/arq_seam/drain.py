@@ -67,11 +67,13 @@ class Drain:
         if self._task is not None:
             await self._task
 
-    def uncount_retry(self, job_id: str, finish: bool) -> None:
+    def uncount_retry(self, job_id: str, finish: bool) -> bool:
         """arq counts a job it saw cancelled as retried (Worker.run_job, just before finish_job);
-        one the drain requeued has used no try, so it is not a retry."""
+        one the drain requeued has used no try, so it is not a retry. True for such a job."""
         if not finish and job_id in self.requeued:
             self.worker.jobs_retried -= 1
+            return True
+        return False
 
     async def _run(self) -> None:
         cut_off = await self._wait_then_cut_off()

@@ -18,7 +18,8 @@ from arq.worker import Function, Worker
 from arq.worker import logger as arq_logger
 
 from jobs.connection import REDIS_ERRORS, close_sentinels
-from jobs.lanes import lane_queue
+from jobs.lanes import Lane, lane_queue
+from jobs.serialization import decode_result
 from worker.arq_seam.backoff import MAX_RECONNECT_DELAY_S, RedisBackoff
 from worker.arq_seam.dead_letters import DeadLetters
 from worker.arq_seam.drain import Drain
@@ -34,6 +35,7 @@ from worker.arq_seam.scripts import QueueScripts
 from worker.arq_seam.wakeups import Wakeups
 from worker.arq_seam.wording import serialize_job_data
 from worker.liveness import LivenessFile
+from worker.metrics import UNKNOWN_FUNCTION, ReplicaMetrics, SlotUse
 
 log = structlog.get_logger("orderworker.worker")
 
@@ -47,9 +49,11 @@ class SeamWorker(Worker):
         shutdown_grace_s: float,
         batch_slots: int | None = None,
         lease_s: float = 3.0,
+        metrics: ReplicaMetrics | None = None,
         **arq_options: Any,
     ) -> None:
-        self.finishing = Finishing()
+        self.metrics = metrics
+        self.finishing = Finishing(metrics)
         super().__init__(
             functions=[self.finishing.track(function) for function in functions],
             handle_signals=False,
@@ -59,9 +63,11 @@ class SeamWorker(Worker):
         )
         self.replica_id = replica_id
         # Without a cap of their own (a worker that runs no batch jobs), batch jobs may fill it.
-        self.intake = Intake(self, self.max_jobs if batch_slots is None else batch_slots)
+        self.intake = Intake(
+            self, self.max_jobs if batch_slots is None else batch_slots, metrics=metrics
+        )
         self.backoff = RedisBackoff()
-        self.heartbeats = Heartbeats(self, replica_id)
+        self.heartbeats = Heartbeats(self, replica_id, self.slot_use)
         self.drain = Drain(self, self.intake, shutdown_grace_s, lambda: self.scripts)
         self.leases = LeaseKeeper(self.queue_name, replica_id, lease_s)
         self.pending = PendingWrites()
@@ -88,6 +94,16 @@ class SeamWorker(Worker):
         if self._claims is None:  # as scripts: once the pool exists
             self._claims = LaneClaims(self.pool, self.queue_name, self.replica_id)
         return self._claims
+
+    def slot_use(self) -> SlotUse:
+        """For the slot gauges, read on the metrics server's thread: plain integers only."""
+        batch = self.intake.batch_running
+        in_flight = self.job_counter
+        lanes: dict[Lane, tuple[int, int]] = {
+            "interactive": (max(0, in_flight - batch), self.max_jobs),
+            "batch": (batch, self.intake.batch_slots),
+        }
+        return SlotUse(in_flight=in_flight, lanes=lanes)
 
     @property
     def stopping(self) -> bool:
@@ -164,7 +180,7 @@ class SeamWorker(Worker):
         except REDIS_ERRORS as error:
             self.pending.keep(job_id, lambda: self.scripts.release([job_id]), error)
         finally:
-            self.finishing.was_cut_off(job_id)  # forgotten even if finish_job never ran
+            self.finishing.forget(job_id)  # even if finish_job never ran
 
     async def finish_job(
         self,
@@ -181,8 +197,9 @@ class SeamWorker(Worker):
         instead of a six-command transaction; the rest by arq's transaction (lane_finish.py). A
         job arq's own timeout cut off is recorded as a dead letter first. Kept for later if
         Redis is unreachable (pending.py)."""
-        self.drain.uncount_retry(job_id, finish)
+        requeued = self.drain.uncount_retry(job_id, finish)  # not counted as retried either
         cut_off = self.finishing.was_cut_off(job_id)
+        function, outcome = self.finishing.outcome(job_id, finish)
         lane = self.intake.lane_of(job_id)  # now: the task's end forgets it
 
         async def write() -> None:
@@ -203,7 +220,8 @@ class SeamWorker(Worker):
                     incr_score,
                     keep_in_progress,
                 )
-            _unless_lease_lost(owned, job_id)
+            if self._owned(owned, job_id) and not requeued:
+                self.finishing.count(function, outcome)
 
         await self.pending.attempt(job_id, write)
 
@@ -224,7 +242,8 @@ class SeamWorker(Worker):
                 self.keep_result_forever,
                 self.keep_result_s,
             )
-            _unless_lease_lost(owned, job_id)
+            if self._owned(owned, job_id) and self.metrics is not None:
+                self.metrics.job_finished(_function_of(result_data), "failed")
 
         await self.pending.attempt(job_id, write)
 
@@ -251,7 +270,17 @@ class SeamWorker(Worker):
         if pool is not None:
             await close_sentinels(pool)
 
+    def _owned(self, owned: bool, job_id: str) -> bool:
+        if not owned:  # another replica took the job over: its outcome is the one that counts
+            log.warning("job.lease_lost", job_id=job_id)
+            if self.metrics is not None:
+                self.metrics.leases_lost.inc()
+        return owned
 
-def _unless_lease_lost(owned: bool, job_id: str) -> None:
-    if not owned:  # another replica took the job over: its outcome is the one that counts
-        log.warning("job.lease_lost", job_id=job_id)
+
+def _function_of(result_data: bytes | None) -> str:
+    """The function named in a result arq failed the job with (rare: no cost per job)."""
+    try:
+        return str(decode_result(result_data or b"").get("f", UNKNOWN_FUNCTION))
+    except Exception:
+        return UNKNOWN_FUNCTION

@@ -24,6 +24,10 @@ COMMANDS = {
     "health": LazyCommand(
         "worker.cli.health:health", "Exit 0 if a live worker replica is reporting, 1 otherwise."
     ),
+    "status": LazyCommand(
+        "worker.cli.status:status",
+        "The fleet at a glance: queue, replicas, failures of the last hour, running batches.",
+    ),
     "demo": LazyCommand(
         "worker.cli.demo:demo",
         "The whole pipeline end to end, on a private local stack unless URLs are configured.",
