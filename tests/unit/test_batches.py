@@ -101,6 +101,7 @@ async def test_the_summary_adds_up_chunk_results_as_decimal(
     assert seen == [3]
     assert summary.as_json() == {
         "batch_id": "b1",
+        "state": "failed",
         "requested": 6,
         "computed": 3,
         "missing": [4],
@@ -137,6 +138,7 @@ async def test_wait_marks_unfinished_chunks_as_timed_out(
         {"job_id": "totals:slow:2", "error": timeout},
     ]
     assert summary.as_json()["total_sum"] == "12.00"
+    assert summary.state == "running"  # not done: the unfinished chunks may still finish
 
 
 async def test_an_all_good_batch_sums_sorted_missing_and_two_decimals(
@@ -148,6 +150,7 @@ async def test_an_all_good_batch_sums_sorted_missing_and_two_decimals(
     await store_result(fake_redis, "totals:ok:1", chunk_result(1, "12", missing=[8]))
     await run.wait(timeout_s=5)
     assert run.summary.ok
+    assert run.summary.state == "done"
     assert run.summary.as_json()["missing"] == [8, 9]
     assert run.summary.as_json()["total_sum"] == "42.00"
     assert run.summary.total_sum == Decimal("42.00")
@@ -156,6 +159,7 @@ async def test_an_all_good_batch_sums_sorted_missing_and_two_decimals(
 def test_an_empty_summary_is_zero_with_two_decimals() -> None:
     assert BatchSummary(batch_id="none").as_json() == {
         "batch_id": "none",
+        "state": "queued",
         "requested": 0,
         "computed": 0,
         "missing": [],

@@ -1,0 +1,107 @@
+"""`orderworker totals status BATCH_ID`: how a batch stands, from PostgreSQL; and the `totals`
+group, where `totals ORDER_ID...` is the submitting command and `totals status` this one."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Annotated, Any
+
+import typer
+from typer.core import TyperCommand, TyperGroup
+
+from db.batches import BatchStatus, batch_status
+from db.engine import create_sessionmaker
+from worker.cli.exits import EXIT_FAILED, UsageError, fail, reports_errors
+from worker.cli.resources import database
+from worker.cli.runtime import configured, run_async
+from worker.cli.totals import EXIT_INTERRUPTED, totals
+from worker.settings import Settings
+
+SUBMIT = "submit"  # the hidden name of `totals ORDER_ID...`
+STATUS_POLL_S = 0.5  # a waiting status reads the database this often
+
+
+class TotalsGroup(TyperGroup):
+    """`totals status ...` is the status command; anything else is `totals` submitting ids."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:  # ctx: Typer's click Context
+        if not args or args[0] not in self.commands:
+            args = [SUBMIT, *args]
+        return super().parse_args(ctx, args)
+
+
+class SubmitContext(typer.Context):
+    @property
+    def command_path(self) -> str:
+        # Usage lines and errors read `orderworker totals [OPTIONS] ...`, not `... totals submit`.
+        return self.parent.command_path if self.parent is not None else super().command_path
+
+
+class SubmitCommand(TyperCommand):
+    context_class = SubmitContext
+
+
+totals_app = typer.Typer(cls=TotalsGroup, help="Batch totals: submit, or look one up.")
+totals_app.command(SUBMIT, hidden=True, cls=SubmitCommand)(totals)
+
+
+@totals_app.command("status")
+@reports_errors
+@configured(database=True, redis=False)
+def totals_status(
+    settings: Settings,
+    batch_id: Annotated[str, typer.Argument(help="A batch id, as `totals` printed it.")],
+    wait: Annotated[bool, typer.Option("--wait", help="Until the batch is done.")] = False,
+    timeout: Annotated[
+        float | None, typer.Option(min=0.1, help="Give up waiting after this many seconds.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object on stdout.")] = False,
+) -> None:
+    """How a batch stands (or ended), from PostgreSQL, long after its results left Redis."""
+    try:
+        status = run_async(read_status(settings, batch_id, wait, timeout))
+    except KeyboardInterrupt:
+        fail(f"interrupted; batch {batch_id} is not affected", EXIT_INTERRUPTED)
+    if status is None:
+        raise UsageError(f"no batch {batch_id!r} (its id is printed by `orderworker totals`)")
+    if as_json:
+        typer.echo(json.dumps(status.as_json()))
+    else:
+        typer.echo(describe_status(status))
+        for failure in status.failed:
+            typer.echo(f"  failed: {failed_chunk(failure)}")
+    if status.state == "failed" or (wait and not status.finished):
+        raise typer.Exit(EXIT_FAILED)
+
+
+async def read_status(
+    settings: Settings, batch_id: str, wait: bool, timeout_s: float | None
+) -> BatchStatus | None:
+    """The batch's status; with `wait`, once it is done (or the timeout ran out)."""
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    async with database(settings) as engine:
+        sessions = create_sessionmaker(engine)
+        while True:
+            async with sessions() as session:
+                status = await batch_status(session, batch_id)
+            if status is None or status.finished or not wait:
+                return status
+            remaining = STATUS_POLL_S if deadline is None else deadline - time.monotonic()
+            if remaining <= 0:
+                return status
+            await asyncio.sleep(min(STATUS_POLL_S, remaining))
+
+
+def describe_status(status: BatchStatus) -> str:
+    return (
+        f"batch {status.batch_id}: {status.state}, {status.requested} requested, "
+        f"{status.computed} computed, {len(status.missing)} missing, "
+        f"{len(status.failed)} failed jobs, total_sum {status.total_sum:.2f}"
+    )
+
+
+def failed_chunk(failure: dict[str, Any]) -> str:
+    where = failure.get("job_id") or "orders " + ", ".join(map(str, failure["order_ids"]))
+    return f"{where}: {failure['error']['code']}: {failure['error']['message']}"
