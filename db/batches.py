@@ -120,9 +120,9 @@ FAILED_CHUNKS = text(
     WHERE c.batch_id = :batch_id ORDER BY c.chunk_index
     """
 )
-RECENT = text("SELECT batch_id FROM batches ORDER BY submitted_at DESC LIMIT :limit").bindparams(
-    bindparam("limit")
-)
+RECENT = text(
+    "SELECT batch_id FROM batches ORDER BY submitted_at DESC, batch_id DESC LIMIT :limit"
+).bindparams(bindparam("limit"))
 
 
 async def batch_status(session: AsyncSession, batch_id: str) -> BatchStatus | None:

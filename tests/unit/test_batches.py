@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import time
 from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import Any
@@ -11,8 +12,15 @@ from typing import Any
 import pytest
 from arq import ArqRedis
 from arq.constants import job_key_prefix
+from redis.exceptions import ConnectionError as RedisConnectionError
 
-from jobs.batches import BatchRun, BatchSummary, chunk_job_id, chunked
+from jobs.batches import (
+    BatchRun,
+    BatchSummary,
+    ResultsUnreachableError,
+    chunk_job_id,
+    chunked,
+)
 from jobs.client import OrderClient
 from jobs.lanes import lane_queue
 from tests.unit.conftest import UNIT_QUEUE, store_result
@@ -174,3 +182,39 @@ async def test_waiting_on_an_empty_batch_returns_at_once(order_client: OrderClie
     await run.wait()
     assert run.summary.ok
     assert run.summary.finished_jobs == 0
+
+
+async def test_wait_gives_up_once_redis_stays_unreachable_past_the_bound(
+    order_client: OrderClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = BatchRun(order_client, batch_id="cut-off")
+    await run.submit_chunks([[1], [2]])
+
+    async def unreachable(job_ids: list[str]) -> dict[str, Any]:
+        raise RedisConnectionError("Connection refused")
+
+    monkeypatch.setattr(order_client, "outcomes", unreachable)
+    started = time.monotonic()
+    with pytest.raises(ResultsUnreachableError, match="cut-off"):
+        await run.wait(timeout_s=30, unreachable_s=0.3)
+    assert time.monotonic() - started < 5  # the bound, not the timeout, ended the wait
+    assert run.summary.failed == []  # nothing is claimed about chunks it could not read
+
+
+async def test_a_redis_blip_shorter_than_the_bound_is_waited_out(
+    order_client: OrderClient, fake_redis: ArqRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = BatchRun(order_client, batch_id="blip")
+    await run.submit_chunks([[1]])
+    failures = iter([True, True])
+    read = order_client.outcomes
+
+    async def flaky(job_ids: list[str]) -> dict[str, Any]:
+        if next(failures, False):
+            raise RedisConnectionError("Connection refused")
+        return await read(job_ids)
+
+    monkeypatch.setattr(order_client, "outcomes", flaky)
+    await store_result(fake_redis, "totals:blip:0", chunk_result(1, "30.00"))
+    await run.wait(timeout_s=30, unreachable_s=10)
+    assert (run.summary.state, run.summary.computed) == ("done", 1)
