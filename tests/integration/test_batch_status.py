@@ -135,6 +135,8 @@ async def test_no_wait_records_a_queued_batch_that_status_follows_to_done(
     waited_out = await cli(settings, "totals", "status", batch_id, "--wait", "--timeout", "0.5")
     assert waited_out.returncode == 1  # not done when the wait ran out
     assert "queued" in waited_out.stdout
+    assert f"batch {batch_id} not done within 0.5s" in waited_out.stderr
+    assert waited_out.stderr.count(NO_REPLICA) == 1
 
     await start_worker()
     done = await status_of(settings, batch_id, "--wait", "--timeout", "30")

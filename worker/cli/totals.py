@@ -133,7 +133,15 @@ def submit_and_report(
         fail(f"{error}; it runs on: follow it with: {follow_up(submission.batch_id)}", EXIT_FAILED)
     if no_wait:
         submitted = f"batch {summary.batch_id}: {summary.requested} orders in {summary.jobs} jobs"
-        typer.echo(f"{submitted} submitted", err=as_json)
+        follow = follow_up(summary.batch_id)
+        typer.echo(f"{submitted} submitted; follow it with: {follow}", err=as_json)
+    elif summary.state in ("queued", "running"):  # the wait ran out: the batch runs on
+        within = "" if timeout is None else f" within {timeout:g}s"
+        typer.echo(
+            f"orderworker: batch {summary.batch_id} not done{within}; it runs on:"
+            f" follow it with: {follow_up(summary.batch_id)}",
+            err=True,
+        )
     if as_json:
         typer.echo(json.dumps(summary.as_json()))
     elif not no_wait:

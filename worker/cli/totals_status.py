@@ -4,6 +4,7 @@ group, where `totals ORDER_ID...` is the submitting command and `totals status` 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from typing import Annotated, Any
@@ -13,10 +14,11 @@ from typer.core import TyperCommand, TyperGroup
 
 from db.batches import BatchStatus, batch_status
 from db.engine import create_sessionmaker
+from jobs.connection import REDIS_ERRORS
 from worker.cli.exits import EXIT_FAILED, UsageError, fail, reports_errors
-from worker.cli.resources import database
+from worker.cli.resources import database, producer
 from worker.cli.runtime import configured, run_async
-from worker.cli.totals import EXIT_INTERRUPTED, totals
+from worker.cli.totals import EXIT_INTERRUPTED, totals, warn_without_replicas
 from worker.settings import Settings
 
 SUBMIT = "submit"  # the hidden name of `totals ORDER_ID...`
@@ -72,6 +74,8 @@ def totals_status(
         typer.echo(describe_status(status))
         for failure in status.failed:
             typer.echo(f"  failed: {failed_chunk(failure)}")
+    if wait and not status.finished:
+        typer.echo(f"orderworker: batch {batch_id} not done within {timeout:g}s", err=True)
     if status.state == "failed" or (wait and not status.finished):
         raise typer.Exit(EXIT_FAILED)
 
@@ -81,8 +85,9 @@ async def read_status(
 ) -> BatchStatus | None:
     """The batch's status; with `wait`, once it is done (or the timeout ran out)."""
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
-    async with database(settings) as engine:
+    async with database(settings) as engine, contextlib.AsyncExitStack() as stack:
         sessions = create_sessionmaker(engine)
+        watching = False
         while True:
             async with sessions() as session:
                 status = await batch_status(session, batch_id)
@@ -91,7 +96,17 @@ async def read_status(
             remaining = STATUS_POLL_S if deadline is None else deadline - time.monotonic()
             if remaining <= 0:
                 return status
+            if not watching and settings.redis_url is not None:
+                await warn_while_waiting(settings, stack)  # it will wait: is anything running?
+                watching = True
             await asyncio.sleep(min(STATUS_POLL_S, remaining))
+
+
+async def warn_while_waiting(settings: Settings, stack: contextlib.AsyncExitStack) -> None:
+    """As `totals` does: one line if no replica reports. Only a hint: Redis may be down."""
+    with contextlib.suppress(*REDIS_ERRORS):
+        client = await stack.enter_async_context(producer(settings))
+        await stack.enter_async_context(warn_without_replicas(client))
 
 
 def describe_status(status: BatchStatus) -> str:
