@@ -33,8 +33,8 @@ class ChunkRecord:
 @dataclass(slots=True)
 class BatchStatus:
     batch_id: str
-    state: State
-    requested: int
+    state: State = "queued"
+    requested: int = 0
     computed: int = 0
     missing: list[int] = field(default_factory=list)
     failed: list[dict[str, Any]] = field(default_factory=list)
@@ -50,7 +50,7 @@ class BatchStatus:
             "state": self.state,
             "requested": self.requested,
             "computed": self.computed,
-            "missing": self.missing,
+            "missing": sorted(self.missing),
             "failed": self.failed,
             "total_sum": f"{self.total_sum:.2f}",
         }

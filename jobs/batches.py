@@ -7,46 +7,29 @@ import asyncio
 import itertools
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from db.batches import ChunkRecord, register_chunks
+from db.batches import BatchStatus, ChunkRecord, register_chunks
 from jobs.client import JobRequest, OrderClient, new_batch_id
 from jobs.connection import REDIS_ERRORS
 from jobs.notices import FALLBACK_READ_S
 
-ZERO = Decimal("0.00")
 FALLBACK_WINDOW = 1000  # oldest chunk results read per fallback read
 ENQUEUE_IDS = 50_000  # order ids buffered per pipelined flush while paging
 NAMED_CHUNK_IDS = 100  # a failed chunk up to this size is reported by its ids, else by its job id
 
 
 @dataclass(slots=True)
-class BatchSummary:
-    batch_id: str
-    state: str = "queued"  # as recorded in PostgreSQL: queued, running, done or failed
-    requested: int = 0
-    computed: int = 0
-    missing: list[int] = field(default_factory=list)
-    failed: list[dict[str, Any]] = field(default_factory=list)
-    total_sum: Decimal = ZERO
+class BatchSummary(BatchStatus):
+    """A batch as one producer submitted and followed it: its figures, plus its own counts."""
+
     jobs: int = 0
     finished_jobs: int = 0
     elapsed_s: float = 0.0
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "batch_id": self.batch_id,
-            "state": self.state,
-            "requested": self.requested,
-            "computed": self.computed,
-            "missing": sorted(self.missing),
-            "failed": self.failed,
-            "total_sum": f"{self.total_sum:.2f}",
-        }
 
     @property
     def ok(self) -> bool:

@@ -11,6 +11,7 @@ import sys
 from collections.abc import Callable
 from decimal import Decimal
 
+import pytest
 from arq.constants import result_key_prefix
 from redis.asyncio import Redis
 from sqlalchemy import text
@@ -34,17 +35,22 @@ async def cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str
 
 
 async def status_of(settings: Settings, batch_id: str, *args: str) -> dict[str, object]:
+    """`totals status BATCH_ID --json ARGS`: its one line, parsed."""
     result = await cli(settings, "totals", "status", batch_id, "--json", *args)
     assert result.returncode == 0, result.stderr
     [line] = result.stdout.splitlines()
-    document: dict[str, object] = json.loads(line)
-    return document
+    return dict(json.loads(line))
+
+
+@pytest.fixture
+async def working(seeded: None, start_worker: StartWorker) -> None:
+    """The sample orders, and a replica running."""
+    await start_worker()
 
 
 async def test_a_finished_batch_reads_back_the_same_after_its_results_left_redis(
-    settings: Settings, seeded: None, redis: Redis, start_worker: StartWorker
+    settings: Settings, working: None, redis: Redis
 ) -> None:
-    await start_worker()
     submitted = await cli(settings, "totals", "1", "2", "3", "999", "--chunk-size", "2", "--json")
     assert submitted.returncode == 0, submitted.stderr
     summary = json.loads(submitted.stdout)
@@ -65,12 +71,10 @@ async def test_a_finished_batch_reads_back_the_same_after_its_results_left_redis
 
 async def test_a_chunk_job_run_again_counts_once(
     settings: Settings,
-    seeded: None,
-    start_worker: StartWorker,
+    working: None,
     client: OrderClient,
     sessionmaker: async_sessionmaker[AsyncSession],
 ) -> None:
-    await start_worker()
     submitted = await cli(settings, "totals", "1", "2", "3", "999", "--chunk-size", "2", "--json")
     assert submitted.returncode == 0, submitted.stderr
     summary = json.loads(submitted.stdout)
@@ -99,12 +103,10 @@ async def test_a_chunk_job_run_again_counts_once(
 
 async def test_a_failed_chunk_shows_under_failed_with_its_error(
     settings: Settings,
-    seeded: None,
-    start_worker: StartWorker,
+    working: None,
     client: OrderClient,
     sessionmaker: async_sessionmaker[AsyncSession],
 ) -> None:
-    await start_worker()
     run = BatchRun(client, "with-a-bad-chunk", sessionmaker)
     await run.submit_chunks([[1, 2], [0]])  # 0 is no order id: that chunk fails for good
     await run.wait(timeout_s=30)
