@@ -20,6 +20,7 @@ from jobs.notices import FALLBACK_READ_S
 
 FALLBACK_WINDOW = 1000  # oldest chunk results read per fallback read
 ENQUEUE_IDS = 50_000  # order ids buffered per pipelined flush while paging
+READ_TIMEOUT_S = 5.0  # one read of chunk results, at most
 NAMED_CHUNK_IDS = 100  # a failed chunk up to this size is reported by its ids, else by its job id
 
 
@@ -171,8 +172,10 @@ class BatchRun:
 
     async def _read(self, job_ids: list[str]) -> None:
         try:
-            finished = await self.client.outcomes(job_ids)
-        except REDIS_ERRORS:
+            # Bounded: a frozen Redis answers nothing, and never closes the connection either.
+            async with asyncio.timeout(READ_TIMEOUT_S):
+                finished = await self.client.outcomes(job_ids)
+        except REDIS_ERRORS:  # TimeoutError among them
             # Redis restarting: the results are still coming, the fallback reads again.
             self._unreachable_since = self._unreachable_since or time.monotonic()
             return
