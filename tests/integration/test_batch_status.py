@@ -8,7 +8,7 @@ import json
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from decimal import Decimal
 
 import pytest
@@ -253,3 +253,44 @@ async def test_running_batches_lists_the_unfinished_ones_newest_first(
         ("half", "running"),
     ]
     assert (running[1].computed, running[1].total_sum) == (1, Decimal("0.00"))
+
+
+async def test_a_submission_cut_short_is_sealed_with_the_chunks_it_enqueued(
+    seeded: None,
+    start_worker: StartWorker,
+    client: OrderClient,
+    redis: Redis,
+    queue_name: str,
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    paged = asyncio.Event()
+
+    async def pages() -> AsyncIterator[list[int]]:
+        yield [1, 2]
+        yield [3]
+        paged.set()
+        await asyncio.Event().wait()  # the next page never comes: Ctrl-C lands here
+
+    run = BatchRun(client, "cut-short", sessionmaker)
+    submitting = asyncio.create_task(run.submit_pages(pages()))
+    await asyncio.wait_for(paged.wait(), 30)
+    submitting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await submitting
+
+    assert await queued_ids(redis, queue_name) == {"totals:cut-short:0", "totals:cut-short:1"}
+    async with sessionmaker() as session:
+        status = await batch_status(session, "cut-short")
+    assert status is not None
+    assert (status.state, status.requested, status.chunks) == ("queued", 3, 2)
+
+    # Sealed: once its two chunks ran, the batch is done (an unsealed one never would be).
+    await start_worker()
+    await run.wait(timeout_s=30)
+
+    async def done() -> bool:
+        async with sessionmaker() as session:
+            finished = await batch_status(session, "cut-short")
+        return finished is not None and finished.state == "done"
+
+    await poll_until(done, "the cut-short batch done")
