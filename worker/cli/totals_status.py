@@ -45,7 +45,9 @@ class SubmitCommand(TyperCommand):
     context_class = SubmitContext
 
 
-totals_app = typer.Typer(cls=TotalsGroup, help="Batch totals: submit, or look one up.")
+totals_app = typer.Typer(
+    cls=TotalsGroup, help="Submit batch totals as chunk jobs, or look a batch up (totals status)."
+)
 totals_app.command(SUBMIT, hidden=True, cls=SubmitCommand)(totals)
 
 
