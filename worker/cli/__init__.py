@@ -18,8 +18,8 @@ COMMANDS = {
         "Run one worker replica until SIGTERM/SIGINT (in-flight jobs drain first).",
     ),
     "totals": LazyCommand(
-        "worker.cli.totals:totals",
-        "Submit batch totals as chunk jobs, show progress (stderr, TTY only), print a summary.",
+        "worker.cli.totals_status:totals_app",
+        "Submit batch totals as chunk jobs, or look a batch up (totals status).",
     ),
     "health": LazyCommand(
         "worker.cli.health:health", "Exit 0 if a live worker replica is reporting, 1 otherwise."
