@@ -92,7 +92,7 @@ class WorkerTuning(Section):
     retry_max_delay_s: float = Field(default=30.0, gt=0)
     health_interval_s: float = Field(default=5.0, gt=0, le=60)
     # How long a silent replica keeps its claims: another replica then takes its jobs over.
-    lease_s: float = Field(default=3.0, ge=0.1, le=60)
+    lease_s: float = Field(default=2.0, ge=0.1, le=60)
     shutdown_grace_s: float = Field(default=25.0, ge=0)
     keep_result_s: int = Field(default=3600, ge=1)
     max_payload_bytes: int = Field(default=1_048_576, ge=1024)

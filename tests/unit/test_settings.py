@@ -377,7 +377,7 @@ def test_an_unparseable_url_is_named_not_echoed(
 
 
 def test_the_lease_is_three_seconds_by_default_and_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert load_settings().worker.lease_s == 3.0
+    assert load_settings().worker.lease_s == 2.0
     monkeypatch.setenv("ORDERWORKER_WORKER__LEASE_S", "0.5")
     assert load_settings().worker.lease_s == 0.5
     for value in ("0", "0.05", "61", "soon"):

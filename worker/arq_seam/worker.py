@@ -48,7 +48,7 @@ class SeamWorker(Worker):
         replica_id: str,
         shutdown_grace_s: float,
         batch_slots: int | None = None,
-        lease_s: float = 3.0,
+        lease_s: float = 2.0,
         metrics: ReplicaMetrics | None = None,
         **arq_options: Any,
     ) -> None:
