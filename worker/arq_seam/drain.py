@@ -41,7 +41,9 @@ class Drain:
         self.grace_s = grace_s
         self.scripts = scripts
         self.stopping = False
-        # Jobs cut off and requeued, in cut-off order: named in `worker.drained`, never retried.
+        # Jobs cut off, in cut-off order; those arq then put back (not all: a job may end on its
+        # own before the cancel reaches it) are named in `worker.drained`, never retried.
+        self.cut_off: list[str] = []
         self.requeued: list[str] = []
         self._deadline = 0.0
         self._task: asyncio.Task[None] | None = None
@@ -70,24 +72,26 @@ class Drain:
     def uncount_retry(self, job_id: str, finish: bool) -> bool:
         """arq counts a job it saw cancelled as retried (Worker.run_job, just before finish_job);
         one the drain requeued has used no try, so it is not a retry. True for such a job."""
-        if not finish and job_id in self.requeued:
+        if not finish and job_id in self.cut_off:
             self.worker.jobs_retried -= 1
+            self.requeued.append(job_id)
             return True
         return False
 
     async def _run(self) -> None:
         cut_off = await self._wait_then_cut_off()
         if cut_off:
-            await self._give_back_tries(cut_off)
+            await self._give_back_tries(cut_off)  # a finished job has no try count: no change
         # A claim on its way ends (and is given back) before the poll loop is stopped.
         async with self.intake.claiming:
-            log.info("worker.drained", requeued=len(cut_off), requeued_job_ids=cut_off)
+            requeued = self.requeued
+            log.info("worker.drained", requeued=len(requeued), requeued_job_ids=requeued)
             if self.worker.main_task is not None:
                 self.worker.main_task.cancel()
 
     async def _wait_then_cut_off(self) -> list[str]:
         tasks = self.worker.tasks
-        cut_off = self.requeued
+        cut_off = self.cut_off
         while unfinished := running_jobs(tasks):
             overdue_s = time.monotonic() - self._deadline
             for job_id in unfinished:
