@@ -40,6 +40,7 @@ class BatchStatus:
     failed: list[dict[str, Any]] = field(default_factory=list)
     total_sum: Decimal = ZERO
     chunks: int = 0
+    chunks_done: int = 0  # chunk jobs finished, or failed for good: read by `running_batches`
     submitted_at: datetime | None = None
     updated_at: datetime | None = None
 
@@ -120,6 +121,18 @@ FAILED_CHUNKS = text(
     WHERE c.batch_id = :batch_id ORDER BY c.chunk_index
     """
 )
+# A chunk is done once its sub-chunks account for all its ids, or once its job failed for good.
+CHUNKS_DONE = text(
+    """
+    WITH accounted AS (
+        SELECT job_id, sum(requested) AS requested FROM batch_subchunks
+        WHERE batch_id = :batch_id GROUP BY job_id
+    )
+    SELECT count(*) FROM batch_chunks c LEFT JOIN accounted a ON a.job_id = c.job_id
+    WHERE c.batch_id = :batch_id AND (COALESCE(a.requested, 0) >= c.order_count
+        OR EXISTS (SELECT 1 FROM failed_jobs f WHERE f.job_id = c.job_id))
+    """
+)
 RECENT = text(
     "SELECT batch_id FROM batches ORDER BY submitted_at DESC, batch_id DESC LIMIT :limit"
 ).bindparams(bindparam("limit"))
@@ -134,7 +147,8 @@ async def batch_status(session: AsyncSession, batch_id: str) -> BatchStatus | No
 
 
 async def running_batches(session: AsyncSession, limit: int = RECENT_BATCHES) -> list[BatchStatus]:
-    """Queued and running batches among the `limit` most recently submitted, newest first.
+    """Queued and running batches among the `limit` most recently submitted, newest first, with
+    their chunks done.
 
     Call on a session that has not begun its transaction yet."""
     await session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
@@ -143,6 +157,7 @@ async def running_batches(session: AsyncSession, limit: int = RECENT_BATCHES) ->
     for batch_id in recent:
         status = await _status(session, batch_id)
         if status is not None and not status.finished:
+            status.chunks_done = int(await session.scalar(CHUNKS_DONE, {"batch_id": batch_id}) or 0)
             found.append(status)
     return found
 

@@ -48,14 +48,6 @@ def chunk_job_id(batch_id: str, index: int) -> str:
     return f"{CHUNK_PREFIX}{batch_id}:{index}"
 
 
-def batch_of_chunk(job_id: str) -> str | None:
-    """The batch a chunk job id names (`chunk_job_id`), or None for any other job id."""
-    if not job_id.startswith(CHUNK_PREFIX):
-        return None
-    batch_id, _, index = job_id[len(CHUNK_PREFIX) :].rpartition(":")
-    return batch_id if batch_id and index.isdigit() else None
-
-
 def chunked(order_ids: Iterable[int], chunk_size: int) -> Iterator[list[int]]:
     chunk: list[int] = []
     for order_id in order_ids:

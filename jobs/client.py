@@ -14,7 +14,7 @@ from typing import Any
 from arq import ArqRedis, create_pool
 from arq.connections import RedisSettings
 from arq.constants import job_key_prefix, result_key_prefix, retry_key_prefix
-from redis.exceptions import WatchError
+from redis.exceptions import RedisError, WatchError
 
 from jobs.connection import close_sentinels
 from jobs.lanes import done_channel, lane_of, lane_queue, wake_channel
@@ -24,7 +24,17 @@ from jobs.serialization import decode_result, deserialize, serialize
 DEFAULT_QUEUE = "arq:queue"
 JOB_EXPIRY_MS = 24 * 3600 * 1000  # as arq: an unstarted job is dropped after a day
 PIPELINE_BATCH = 500
+DEFAULT_WAIT_TIMEOUT_MS = 1000
 WAKE = b"1"  # the wake channel's payload is never read
+# `enqueue` as one command, for WAIT to follow on its connection: KEYS the job, result and lane
+# keys; ARGV the TTL in ms, envelope, job id, score, wake channel and payload. 0: already there.
+ENQUEUE_SCRIPT = """
+if redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then return 0 end
+redis.call('PSETEX', KEYS[1], ARGV[1], ARGV[2])
+redis.call('ZADD', KEYS[3], ARGV[4], ARGV[3])
+redis.call('PUBLISH', ARGV[5], ARGV[6])
+return 1
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,21 +52,48 @@ class JobRequest:
     job_id: str
 
 
+class NotReplicatedError(RedisError):
+    """Fewer replicas than asked acknowledged an enqueue in time: it may not survive a failover
+    (the primary holds it, and may still replicate it; enqueue the same job id again to know)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Replication:
+    """Replicas that must acknowledge each enqueue (Redis `WAIT`) within `timeout_ms` before it
+    returns; 0 (the default) returns once the primary has it."""
+
+    replicas_to_wait: int = 0
+    wait_timeout_ms: int = DEFAULT_WAIT_TIMEOUT_MS
+
+
 class OrderClient:
-    def __init__(self, redis: ArqRedis, queue_name: str = DEFAULT_QUEUE) -> None:
+    def __init__(
+        self,
+        redis: ArqRedis,
+        queue_name: str = DEFAULT_QUEUE,
+        replication: Replication | None = None,
+    ) -> None:
         self.redis = redis
         self.queue_name = queue_name
         self.notices = DoneNotices(redis, done_channel(queue_name))
+        replication = replication or Replication()
+        self.replicas_to_wait = replication.replicas_to_wait
+        self.wait_timeout_ms = replication.wait_timeout_ms
 
     @classmethod
-    async def connect(cls, settings: RedisSettings, queue_name: str = DEFAULT_QUEUE) -> OrderClient:
+    async def connect(
+        cls,
+        settings: RedisSettings,
+        queue_name: str = DEFAULT_QUEUE,
+        replication: Replication | None = None,
+    ) -> OrderClient:
         redis = await create_pool(
             settings,
             job_serializer=serialize,
             job_deserializer=deserialize,
             default_queue_name=queue_name,
         )
-        return cls(redis, queue_name)
+        return cls(redis, queue_name, replication)
 
     async def close(self) -> None:
         await self.notices.close()
@@ -70,8 +107,11 @@ class OrderClient:
     async def enqueue(self, function: str, job_id: str | None = None, **kwargs: Any) -> str:
         """Enqueue one job; returns its id. An id that is already queued is not enqueued twice."""
         job_id = job_id or uuid.uuid4().hex
+        if self.replicas_to_wait:
+            await self._enqueue_replicated(function, job_id, kwargs)
+            return job_id
         job_key = job_key_prefix + job_id
-        refused = ValueError(f"a job with id {job_id!r} is already queued or has a result")
+        refused = already_queued(job_id)
         # As arq's enqueue_job, plus the wake-up inside the same transaction.
         async with self.redis.pipeline(transaction=True) as pipe:
             await pipe.watch(job_key)
@@ -88,6 +128,21 @@ class OrderClient:
             except WatchError:
                 raise refused from None  # enqueued by someone else since the check
         return job_id
+
+    async def _enqueue_replicated(self, function: str, job_id: str, kwargs: dict[str, Any]) -> None:
+        """The same checks and writes in one script, and WAIT right after it on its connection:
+        WAIT covers only its own connection's writes, and a retry sends both again together."""
+        now_ms = int(time.time() * 1000)
+        keys = (job_key_prefix + job_id, result_key_prefix + job_id, self.lane_queue_of(function))
+        data = envelope(function, kwargs, now_ms)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.execute_command("EVAL", ENQUEUE_SCRIPT, len(keys), *keys, JOB_EXPIRY_MS, data,
+                                 job_id, now_ms, wake_channel(self.queue_name), WAKE)  # fmt: skip
+            pipe.execute_command("WAIT", self.replicas_to_wait, self.wait_timeout_ms)
+            written, acknowledged = await pipe.execute()
+        if not written:
+            raise already_queued(job_id)
+        self._check_replicated(int(acknowledged))
 
     async def place_order(
         self, customer_id: int, items: Sequence[dict[str, int]], idempotency_key: str | None = None
@@ -129,8 +184,19 @@ class OrderClient:
             for queue, members in lanes.items():
                 pipe.zadd(queue, members)
             pipe.publish(wake_channel(self.queue_name), WAKE)
-            await pipe.execute()
+            if self.replicas_to_wait:  # the writes above, on this connection (a retry resends all)
+                pipe.execute_command("WAIT", self.replicas_to_wait, self.wait_timeout_ms)
+            replies = await pipe.execute()
+        if self.replicas_to_wait:
+            self._check_replicated(int(replies[-1]))
         return len(requests)
+
+    def _check_replicated(self, acknowledged: int) -> None:
+        if acknowledged < self.replicas_to_wait:
+            raise NotReplicatedError(
+                f"{acknowledged} of {self.replicas_to_wait} replicas acknowledged the enqueue "
+                f"within {self.wait_timeout_ms} ms"
+            )
 
     async def outcomes(self, job_ids: Sequence[str]) -> dict[str, JobOutcome]:
         """Results of the finished jobs among `job_ids` (unfinished ones are left out)."""
@@ -160,6 +226,10 @@ class OrderClient:
                 if remaining <= 0:
                     raise TimeoutError(f"job {job_id} did not finish within {timeout_s:g}s")
                 await watch.wait(min(FALLBACK_READ_S, remaining))
+
+
+def already_queued(job_id: str) -> ValueError:
+    return ValueError(f"a job with id {job_id!r} is already queued or has a result")
 
 
 def envelope(function: str, kwargs: dict[str, Any], enqueued_ms: int) -> bytes:

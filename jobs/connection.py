@@ -73,3 +73,13 @@ async def close_sentinels(redis: Redis) -> None:
     if isinstance(pool, SentinelConnectionPool):
         for sentinel in pool.sentinel_manager.sentinels:
             await sentinel.aclose()
+
+
+async def name_connections(redis: Redis, name: str) -> None:
+    """Every connection of `redis` names itself `name` in CLIENT LIST (CLIENT SETNAME as it
+    connects), so ops can count a process's connections. Call before anything else uses it:
+    the idle connections made so far are closed and dropped, to be made again with the name."""
+    pool = redis.connection_pool
+    pool.connection_kwargs["client_name"] = name
+    await pool.disconnect(inuse_connections=False)
+    pool.reset()  # type: ignore[no-untyped-call]  # untyped in redis-py

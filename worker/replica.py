@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from db.engine import create_engine, create_sessionmaker
 from db.schema import current_revision
-from jobs.connection import redacted, redis_settings_from_url
+from jobs.connection import name_connections, redacted, redis_settings_from_url
 from jobs.context import JobPolicy, WorkerContext
 from jobs.errors import describe
 from jobs.functions import registry
@@ -70,6 +70,7 @@ class OrderWorker(SeamWorker):
         self.metrics_server: MetricsServer | None = None
 
     async def _startup(self, ctx: dict[str, Any]) -> None:
+        await name_connections(self.pool, f"orderworker-{self.replica_id}")  # as in PostgreSQL
         database = self.settings.database
         engine = create_engine(
             self.settings.database_dsn(),

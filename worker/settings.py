@@ -114,6 +114,13 @@ class WorkerTuning(Section):
         return max(1, self.concurrency // 10)
 
 
+class RedisTuning(Section):
+    # Replicas that must acknowledge each enqueue (Redis WAIT) before a producer command counts
+    # it as made: 1 keeps acknowledged jobs through a Sentinel failover; 0 does not wait.
+    wait_replicas: int = Field(default=0, ge=0, le=10)
+    wait_timeout_ms: int = Field(default=1000, ge=1, le=60_000)
+
+
 class TotalsSettings(Section):
     chunk_size: int = Field(default=5000, ge=1, le=100_000)
     subchunk_size: int = Field(default=1000, ge=1, le=100_000)
@@ -140,6 +147,7 @@ class Settings(BaseSettings):
     redis_url: SecretStr | None = None
     queue_name: str = Field(default="arq:queue", min_length=1)
     database: DatabasePoolSettings = DatabasePoolSettings()
+    redis: RedisTuning = RedisTuning()
     worker: WorkerTuning = WorkerTuning()
     totals: TotalsSettings = TotalsSettings()
     log: LogSettings = LogSettings()

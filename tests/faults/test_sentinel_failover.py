@@ -1,8 +1,9 @@
-"""Redis behind Sentinel, its primary killed mid-batch: Sentinel promotes the replica, the replicas
-and the producer follow it through their redis+sentinel:// URL, and the batch completes with every
-total exact. Replication is asynchronous, so a failover can lose what the primary acknowledged but
-had not yet sent to its replica: producers enqueuing through the failover count how many of their
-acknowledged jobs the new primary does not have."""
+"""Redis behind Sentinel, its primary killed mid-batch: Sentinel promotes a replica, the worker
+replicas and the producer follow it through their redis+sentinel:// URL, and the batch completes
+with every total exact. Replication is asynchronous, so a failover can lose what the primary
+acknowledged but had not yet sent to a replica: producers enqueuing through the failover count
+how many of their acknowledged jobs the new primary does not have. Producers that WAIT for one
+replica lose none."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from arq.constants import job_key_prefix
 from redis.asyncio import Redis
 from redis.exceptions import WatchError
 
-from jobs.client import OrderClient
+from jobs.client import NotReplicatedError, OrderClient, Replication
 from jobs.connection import REDIS_ERRORS, redis_settings_from_url
 from tests.conftest import poll_until
 from tests.faults.conftest import (
@@ -68,6 +69,8 @@ class Producers:
             except (*REDIS_ERRORS, WatchError):  # arq's enqueue WATCHes: a lost connection says so
                 await asyncio.sleep(RECONNECT_PAUSE_S)  # no primary yet: nothing acknowledged
                 continue
+            except NotReplicatedError:
+                continue  # no replica took it in time (none is replicating yet): not acknowledged
             self.acknowledged.append(job_id)
 
     async def missing(self, primary: Redis) -> list[str]:
@@ -78,39 +81,42 @@ class Producers:
         return [job_id for job_id, flag in zip(self.acknowledged, flags, strict=True) if not flag]
 
 
-async def replica_in_sync(sentinel: Redis, replica_port: int) -> bool:
+async def replicas_in_sync(sentinel: Redis, count: int) -> bool:
     replicas = await sentinel.sentinel_slaves(MASTER_NAME)  # type: ignore[no-untyped-call]
-    return any(
-        int(replica["port"]) == replica_port and replica["master-link-status"] == "ok"
-        for replica in replicas
-    )
+    in_sync = [replica for replica in replicas if replica["master-link-status"] == "ok"]
+    return len(in_sync) == count
 
 
-async def promoted(sentinel: Redis, port: int) -> bool:
-    """Sentinel names the server on `port` as the primary."""
+async def primary_port(sentinel: Redis) -> int:
+    """The port of the server Sentinel names as the primary."""
     command = ("SENTINEL", "GET-MASTER-ADDR-BY-NAME", MASTER_NAME)
     address = await sentinel.execute_command(*command)  # type: ignore[no-untyped-call]
-    return address is not None and int(address[1]) == port
+    return int(address[1])
 
 
+@pytest.mark.parametrize("replicas_to_wait", [0, 1], ids=["no-wait", "wait-1"])
 async def test_a_sentinel_failover_mid_batch_loses_no_chunk_and_few_enqueues(
-    sentinel_set: SentinelSet, new_scenario: NewScenario
+    sentinel_set: SentinelSet, new_scenario: NewScenario, replicas_to_wait: int
 ) -> None:
     sentinel = Redis.from_url(sentinel_set.sentinel_url, decode_responses=True)
-    replica_port = sentinel_set.replica.port
-    await poll_until(lambda: replica_in_sync(sentinel, replica_port), "replica known to Sentinel")
+    replicas = len(sentinel_set.replicas)
+    await poll_until(lambda: replicas_in_sync(sentinel, replicas), "replicas known to Sentinel")
     scenario = await new_scenario(sentinel_set.url)
     probe_queue = f"faults:{uuid.uuid4().hex[:12]}:probe"
     settings = redis_settings_from_url(sentinel_set.url)
-    producers = Producers(await OrderClient.connect(settings, probe_queue))
+    client = await OrderClient.connect(settings, probe_queue, Replication(replicas_to_wait))
+    producers = Producers(client)
     try:
         lost = await _fail_over_mid_batch(sentinel_set, sentinel, scenario, producers)
     finally:
         await sentinel.aclose()
         await producers.client.close()
     acknowledged = len(producers.acknowledged)
-    print(f"sentinel failover: {len(lost)} of {acknowledged} acknowledged enqueues lost")
-    assert len(lost) <= LOSS_BOUND, lost
+    print(
+        f"sentinel failover, WAIT {replicas_to_wait}: "
+        f"{len(lost)} of {acknowledged} acknowledged enqueues lost"
+    )
+    assert len(lost) <= (LOSS_BOUND if replicas_to_wait == 0 else 0), lost
 
 
 async def _fail_over_mid_batch(
@@ -118,14 +124,17 @@ async def _fail_over_mid_batch(
 ) -> list[str]:
     """Kill the primary with a batch stalled and producers enqueuing; the acknowledged jobs the
     new primary does not have, once the batch has completed exactly."""
-    replica_port = sentinel_set.replica.port
     workers = [await scenario.spawn() for _ in range(REPLICAS)]
     stalled = await scenario.stall(locked=REPLICAS * CONCURRENCY)
     tasks = [asyncio.create_task(producers.produce()) for _ in range(PRODUCERS)]
     try:
         await poll_until(lambda: len(producers.acknowledged) >= 100, "enqueues before the kill")
         sentinel_set.primary.kill()
-        await poll_until(lambda: promoted(sentinel, replica_port), "Sentinel failover")
+
+        async def promoted() -> bool:
+            return await primary_port(sentinel) != sentinel_set.primary.port
+
+        await poll_until(promoted, "Sentinel failover")
         promoted_at = len(producers.acknowledged)
         wanted = promoted_at + ENQUEUED_AFTER_FAILOVER
         await poll_until(lambda: len(producers.acknowledged) >= wanted, "enqueues after failover")
@@ -137,7 +146,7 @@ async def _fail_over_mid_batch(
     await assert_batch_exact(summary, scenario.engine)
     assert all(worker.alive() for worker in workers), "a replica exited over the failover"
 
-    primary = Redis(host="127.0.0.1", port=replica_port)
+    primary = Redis(host="127.0.0.1", port=await primary_port(sentinel))
     try:
         return await producers.missing(primary)
     finally:

@@ -253,6 +253,7 @@ async def test_running_batches_lists_the_unfinished_ones_newest_first(
         ("half", "running"),
     ]
     assert (running[1].computed, running[1].total_sum) == (1, Decimal("0.00"))
+    assert [(status.chunks_done, status.chunks) for status in running] == [(0, 2), (1, 2)]
 
 
 async def test_a_submission_cut_short_is_sealed_with_the_chunks_it_enqueued(

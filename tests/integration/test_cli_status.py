@@ -1,6 +1,6 @@
 """`orderworker status` against a real replica: the queue by lane, the replica's heartbeat with
-its lane slots, the last hour's failures by code and the batches still queued; `--watch` redraws
-until Ctrl-C and exits 0."""
+its lane slots, the last hour's failures by code and the running batches as PostgreSQL records
+them; `--watch` redraws until Ctrl-C and exits 0."""
 
 from __future__ import annotations
 
@@ -14,7 +14,10 @@ import time
 from pathlib import Path
 
 from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from db.batches import ChunkRecord, register_chunks
+from db.totals import BatchPart, upsert_totals_for_batch
 from jobs.client import OrderClient, envelope
 from jobs.lanes import lane_queue
 from tests.conftest import REPO_ROOT, StartWorker, cli_env, poll_until, run_cli
@@ -35,8 +38,33 @@ async def status_of(settings: Settings, *args: str) -> subprocess.CompletedProce
     return await asyncio.to_thread(run_cli, "status", *args, env=cli_env(settings))
 
 
+async def record_batch(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    batch_id: str,
+    chunks: list[list[int]],
+    done: int,
+) -> None:
+    """A sealed batch of `chunks` whose first `done` chunks computed their totals."""
+    records = [
+        ChunkRecord(index, f"totals:{batch_id}:{index}", len(ids), ids)
+        for index, ids in enumerate(chunks)
+    ]
+    async with sessionmaker.begin() as session:
+        await register_chunks(session, batch_id, records, seal=True)
+    async with sessionmaker.begin() as session:
+        for record in records[:done]:
+            await upsert_totals_for_batch(
+                session, chunks[record.index], BatchPart(batch_id, record.job_id)
+            )
+
+
 async def test_status_shows_the_queue_the_replica_failures_and_batches(
-    settings: Settings, seeded: None, start_worker: StartWorker, client: OrderClient, redis: Redis
+    settings: Settings,
+    seeded: None,
+    start_worker: StartWorker,
+    client: OrderClient,
+    redis: Redis,
+    sessionmaker: async_sessionmaker[AsyncSession],
 ) -> None:
     worker = await start_worker()
     for order_id in (1, 2, 999):
@@ -44,10 +72,13 @@ async def test_status_shows_the_queue_the_replica_failures_and_batches(
     queue = settings.queue_name
     for n in range(2):
         await defer(redis, queue, f"later-{n}", "compute_order_total", order_id=1)
-    for index in range(3):
+    await record_batch(sessionmaker, "b41", [[1, 2]], done=1)  # finished: not shown
+    # b42: its first chunk done, the other two queued (deferred, so no replica runs them).
+    await record_batch(sessionmaker, "b42", [[1, 2], [3], [999]], done=1)
+    for index, order_ids in ((1, [3]), (2, [999])):
         await defer(
             redis, lane_queue(queue, "batch"), f"totals:b42:{index}", "compute_batch_totals",
-            order_ids=[1], batch_id="b42",
+            order_ids=order_ids, batch_id="b42",
         )  # fmt: skip
 
     async def beat_counts_the_jobs() -> bool:
@@ -60,10 +91,10 @@ async def test_status_shows_the_queue_the_replica_failures_and_batches(
     assert shown.returncode == 0, shown.stderr
     fleet = json.loads(shown.stdout)
     assert {key: fleet["queue"][key] for key in ("ready", "deferred", "in_progress")} == {
-        "ready": 0, "deferred": 5, "in_progress": 0,
+        "ready": 0, "deferred": 4, "in_progress": 0,
     }  # fmt: skip
     assert fleet["queue"]["oldest_ready_age_s"] == 0
-    assert fleet["queue"]["lanes"]["batch"]["deferred"] == 3
+    assert fleet["queue"]["lanes"]["batch"]["deferred"] == 2
     [replica] = fleet["replicas"]
     assert replica["replica_id"] == worker.replica_id
     assert replica["host"] == socket.gethostname()
@@ -73,14 +104,21 @@ async def test_status_shows_the_queue_the_replica_failures_and_batches(
     assert (replica["jobs_done"], replica["jobs_failed"], replica["in_flight"]) == (2, 1, 0)
     assert 0 <= replica["last_beat_age_s"] < 3 * settings.worker.health_interval_s
     assert fleet["failed_last_hour"] == {"unknown_order": 1}
-    assert fleet["running_batches"] == [{"batch_id": "b42", "chunks_queued": 3}]
+    [batch] = fleet["running_batches"]
+    assert 0 <= batch.pop("age_s") < 60
+    assert batch == {
+        "batch_id": "b42", "state": "running", "requested": 4, "computed": 2,
+        "chunks_done": 1, "chunks": 3,
+    }  # fmt: skip
 
     text = await status_of(settings)
 
     assert text.returncode == 0, text.stderr
     assert worker.replica_id in text.stdout
     assert "unknown_order 1" in text.stdout
-    assert "b42 (3 chunks queued)" in text.stdout
+    assert "1 running batch" in text.stdout
+    [row] = [line.split() for line in text.stdout.splitlines() if "b42" in line]
+    assert row[:5] == ["b42", "running", "4", "2", "1/3"]
 
 
 async def test_status_refuses_watch_with_json_in_one_line(settings: Settings) -> None:

