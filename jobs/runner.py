@@ -11,10 +11,11 @@ from typing import Any, TypeVar
 
 import structlog
 from arq import Retry
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from jobs.context import JobContext, JobPolicy
 from jobs.errors import InvalidPayloadError, JobError, RetriesExhaustedError, describe, is_transient
+from jobs.validation import validated
 
 log = structlog.get_logger("orderworker.jobs")
 
@@ -29,14 +30,6 @@ def backoff_delay(policy: JobPolicy, job_try: int) -> float:
     return random.uniform(0, ceiling)
 
 
-def validation_message(error: ValidationError) -> str:
-    parts = []
-    for problem in error.errors(include_url=False, include_input=False):
-        where = ".".join(str(part) for part in problem["loc"]) or "payload"
-        parts.append(f"{where}: {problem['msg']}")
-    return "; ".join(parts)
-
-
 def job_entry(name: str, payload_model: type[PayloadT], body: JobBody[PayloadT]) -> JobEntry:
     """The coroutine arq calls: keyword arguments in, a JSON-ready result dict out."""
 
@@ -49,10 +42,7 @@ def job_entry(name: str, payload_model: type[PayloadT], body: JobBody[PayloadT])
         try:
             if args:
                 raise InvalidPayloadError("positional arguments are not accepted; use keywords")
-            try:
-                payload = payload_model.model_validate(kwargs)
-            except ValidationError as error:
-                raise InvalidPayloadError(validation_message(error)) from None
+            payload = validated(payload_model, kwargs)
             async with asyncio.timeout(policy.job_timeout_s):
                 result = await body(job_ctx, payload)
         except JobError as error:
