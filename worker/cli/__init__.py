@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import sys
+
 import typer
 
 from worker.cli import demo, health, totals, worker
 from worker.cli.db import db_app
+from worker.cli.exits import run_command
 from worker.cli.jobs import jobs_app
 from worker.cli.order import order_app
 
@@ -22,3 +25,8 @@ app.command("demo")(demo.demo)
 app.add_typer(db_app, name="db")
 app.add_typer(order_app, name="order")
 app.add_typer(jobs_app, name="jobs")
+
+
+def main() -> None:
+    """The `orderworker` command: usage errors are one line, not Typer's boxes."""
+    sys.exit(run_command(typer.main.get_command(app)))

@@ -12,12 +12,15 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from db.order_ids import order_id_pages
 from jobs.batches import BatchRun, BatchSummary, chunked
+from worker.cli.chunk_limits import check_chunk_size
 from worker.cli.exits import EXIT_FAILED, UsageError, reports_errors
+from worker.cli.numbers import ascii_int
 from worker.cli.resources import database, producer
 from worker.cli.runtime import configured, run_async
 from worker.settings import Settings
 
 MAX_ORDER_ID = 2**63 - 1  # orders.id is a bigint
+INVALID_INPUT = "invalid_input"  # the ids given are not order ids
 
 
 @reports_errors
@@ -57,22 +60,29 @@ def requested_ids(order_ids: list[int] | None, file: str | None, all_orders: boo
     ids = list(dict.fromkeys(ids))  # a repeated id is one order to total, counted once
     out_of_range = [order_id for order_id in ids if not 1 <= order_id <= MAX_ORDER_ID]
     if out_of_range:
-        raise UsageError(f"{out_of_range[0]} is not an order id (1 to {MAX_ORDER_ID})")
+        message = f"{out_of_range[0]} is not an order id (1 to {MAX_ORDER_ID})"
+        raise UsageError(message, INVALID_INPUT)
     return ids
 
 
 def read_ids(source: str) -> list[int]:
-    stream = sys.stdin if source == "-" else None
+    """Ids separated by newlines, spaces or commas, in ASCII digits, from UTF-8 text."""
     try:
-        text_in = stream.read() if stream is not None else Path(source).read_text()
+        data = sys.stdin.buffer.read() if source == "-" else Path(source).read_bytes()
+        text_in = data.decode("utf-8")
     except OSError as error:
-        raise UsageError(f"--file {source}: {error.strerror}") from None
+        raise UsageError(f"--file {source}: {error.strerror}", INVALID_INPUT) from None
+    except UnicodeDecodeError as error:
+        where = f"byte 0x{data[error.start]:02x} at offset {error.start}"
+        raise UsageError(f"--file {source}: not UTF-8 text ({where})", INVALID_INPUT) from None
     ids = []
     for number, line in enumerate(text_in.splitlines(), start=1):
         for token in line.replace(",", " ").split():
-            if not token.isdigit() or int(token) < 1:
-                raise UsageError(f"--file {source}, line {number}: {token!r} is not an order id")
-            ids.append(int(token))
+            order_id = ascii_int(token)
+            if order_id is None or order_id < 1:
+                message = f"--file {source}, line {number}: {token!r} is not an order id"
+                raise UsageError(message, INVALID_INPUT)
+            ids.append(order_id)
     return ids
 
 
@@ -84,11 +94,14 @@ def submit_and_report(
     as_json: bool,
     timeout: float | None,
 ) -> None:
+    chunk_size = chunk_size or settings.totals.chunk_size
+    if ids is not None:
+        check_chunk_size(ids, chunk_size, settings.worker.max_payload_bytes)
     summary = run_async(
         run_batch(
             settings,
             ids=ids,
-            chunk_size=chunk_size or settings.totals.chunk_size,
+            chunk_size=chunk_size,
             wait=not no_wait,
             show_progress=sys.stderr.isatty() and not no_wait,
             timeout_s=timeout,

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from worker.cli.exits import EXIT_FAILED, fail, reports_errors
+from worker.cli.exits import EXIT_FAILED, EXIT_USAGE, fail, reports_errors
 from worker.cli.runtime import configured, run_async
 from worker.replica import StartupError, run_replica
 from worker.settings import Settings
@@ -29,4 +29,5 @@ def worker(
     try:
         run_async(run_replica(settings, burst=burst))
     except StartupError as error:
-        fail(str(error), EXIT_FAILED)
+        exit_code = EXIT_USAGE if error.code == "invalid_setting" else EXIT_FAILED
+        fail(str(error), exit_code, error.code)
