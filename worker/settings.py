@@ -23,6 +23,7 @@ from pydantic_settings import (
 )
 from sqlalchemy import make_url
 
+from db.urls import split_ssl_mode
 from jobs.connection import redis_settings_from_url
 
 ENV_PREFIX = "ORDERWORKER_"
@@ -138,6 +139,7 @@ class Settings(BaseSettings):
             make_url(url).port  # noqa: B018 - parsing is the check; a bad port raises
         except ValueError:
             raise ValueError("not a valid URL (check the host and port)") from None
+        split_ssl_mode(url)  # libpq's sslmode= is taken; a mode it does not know is refused
         return value
 
     @field_validator("redis_url")
