@@ -9,7 +9,6 @@ import json
 import subprocess
 import time
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -19,11 +18,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from jobs.client import OrderClient
 from tests.conftest import (
-    Servers,
     StartWorker,
-    admin_execute,
     cli_env,
-    database_url_named,
     queued_ids,
     run_cli,
 )
@@ -56,15 +52,6 @@ def one_error(result: Process, code: str, exit_code: int) -> str:
     message: str = body["error"]["message"]
     assert stderr_line == f"orderworker: {code}: {message}"
     return message
-
-
-@pytest.fixture
-async def empty_database_url(servers: Servers) -> AsyncIterator[str]:
-    """A database never migrated."""
-    name = f"orderworker_test_{uuid.uuid4().hex[:12]}"
-    await admin_execute(servers.admin_database_url, f"CREATE DATABASE {name}")
-    yield database_url_named(servers.admin_database_url, name)
-    await admin_execute(servers.admin_database_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 @pytest.mark.parametrize("command", REDIS_COMMANDS)

@@ -9,8 +9,7 @@ import signal
 import socket
 import subprocess
 import time
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from pathlib import Path
 
@@ -24,11 +23,8 @@ from db.engine import create_engine
 from db.migrate import alembic_config
 from jobs.client import OrderClient
 from tests.conftest import (
-    Servers,
     StartWorker,
-    admin_execute,
     cli_env,
-    database_url_named,
     poll_until,
     run_cli,
 )
@@ -47,15 +43,6 @@ async def cli(settings: Settings, *args: str, **extra_env: str) -> Process:
 async def scalar(sessionmaker: async_sessionmaker[AsyncSession], sql: str) -> object:
     async with sessionmaker() as session:
         return (await session.execute(text(sql))).scalar_one()
-
-
-@pytest.fixture
-async def empty_database_url(servers: Servers) -> AsyncIterator[str]:
-    """A database with no tables at all, unlike `database_url` (cloned from a migrated one)."""
-    name = f"orderworker_test_{uuid.uuid4().hex[:12]}"
-    await admin_execute(servers.admin_database_url, f"CREATE DATABASE {name}")
-    yield database_url_named(servers.admin_database_url, name)
-    await admin_execute(servers.admin_database_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 # ---------------------------------------------------------------- db

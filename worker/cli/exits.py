@@ -17,30 +17,24 @@ import typer
 from typer._click import core as click
 from typer._click import exceptions as click_errors
 
-P = ParamSpec("P")
+from worker.cli.command_errors import EXIT_FAILED, EXIT_USAGE, CommandError, UsageError
 
-EXIT_FAILED = 1
-EXIT_USAGE = 2
+P = ParamSpec("P")
+__all__ = [  # the codes and errors are defined beside, for what reports them without this module
+    "EXIT_FAILED",
+    "EXIT_USAGE",
+    "CommandError",
+    "UsageError",
+    "fail",
+    "output_mode",
+    "report",
+    "reports_errors",
+    "run_command",
+    "show_error",
+]
 
 # Is the running command's output JSON? Set from its `--json` option before it runs.
 json_output: ContextVar[bool] = ContextVar("json_output", default=False)
-
-
-class CommandError(Exception):
-    """A command cannot do its work: a machine-readable code, one line of message, an exit code."""
-
-    def __init__(self, code: str, message: str, exit_code: int = EXIT_FAILED) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.exit_code = exit_code
-
-
-class UsageError(CommandError):
-    """Bad usage or bad input: exit code 2."""
-
-    def __init__(self, message: str, code: str = "usage") -> None:
-        super().__init__(code, message, EXIT_USAGE)
 
 
 def fail(message: str, exit_code: int = EXIT_USAGE, code: str = "usage") -> NoReturn:

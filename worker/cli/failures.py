@@ -19,7 +19,7 @@ from db.connect_errors import DatabaseConnectError
 from db.schema import SchemaMissingError
 from jobs.connection import endpoint
 from jobs.errors import BAD_INPUT_CODES, JobError
-from worker.cli.exits import EXIT_FAILED, EXIT_USAGE, CommandError
+from worker.cli.command_errors import EXIT_FAILED, EXIT_USAGE, CommandError
 
 # Plain logging: silent unless the command configured logging (at DEBUG it shows the traceback).
 log = logging.getLogger("orderworker.cli")
