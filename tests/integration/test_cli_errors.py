@@ -246,3 +246,22 @@ async def test_the_worker_and_the_cli_refuse_a_payload_in_the_same_words(
 
     assert not by_worker.success
     assert json.loads(by_cli.stdout) == {"error": by_worker.result}
+
+
+async def test_totals_all_checks_the_chunk_size_against_its_largest_id_before_enqueueing(
+    settings: Settings,
+    seeded: None,
+    redis: Redis,
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    async with sessionmaker.begin() as session:
+        await session.execute(
+            text("INSERT INTO orders (id, customer_id, order_time) VALUES (10^17, 1, now())")
+        )
+
+    refused = await cli(settings, "totals", "--all", "--chunk-size", "100000", "--json")
+    accepted = await cli(settings, "totals", "--all", "--chunk-size", "50000", "--no-wait")
+
+    assert "over the worker's payload cap" in one_error(refused, "usage", 2)
+    assert accepted.returncode == 0, accepted.stderr
+    assert len(await queued_ids(redis, settings.queue_name)) == 1  # the accepted batch's chunk

@@ -15,7 +15,8 @@ from jobs.errors import InvalidPayloadError
 from jobs.models import PlaceOrderPayload
 from jobs.validation import validated
 from worker.cli import app
-from worker.cli.exits import run_command
+from worker.cli.chunk_limits import check_chunk_size_for_ids_up_to
+from worker.cli.exits import UsageError, run_command
 from worker.harness.servers import free_port
 
 
@@ -186,3 +187,9 @@ def test_a_chunk_over_the_payload_cap_is_refused_with_a_size_that_fits(
     assert err.startswith("orderworker: redis_unavailable: Redis at 127.0.0.1:")
     too_many = str(int(suggested) + 1)
     assert run(capsys, "totals", "--file", str(path), "--chunk-size", too_many)[0] == 2
+
+
+def test_every_order_is_checked_against_the_cap_as_wide_as_its_largest_id() -> None:
+    check_chunk_size_for_ids_up_to(10**9, 90, 2048)  # 90 ids of 10 digits: 131 + 989 bytes
+    with pytest.raises(UsageError, match=r"a chunk of 200 ids would be a 2,330-byte job"):
+        check_chunk_size_for_ids_up_to(10**9, 200, 2048)

@@ -29,10 +29,22 @@ def largest_chunk_bytes(ids: Sequence[int], chunk_size: int) -> int:
 
 
 def check_chunk_size(ids: Sequence[int], chunk_size: int, max_payload_bytes: int) -> None:
-    size = largest_chunk_bytes(ids, chunk_size)
+    widest = max(len(str(order_id)) for order_id in ids)
+    refuse_over_cap(largest_chunk_bytes(ids, chunk_size), widest, chunk_size, max_payload_bytes)
+
+
+def check_chunk_size_for_ids_up_to(
+    largest_id: int, chunk_size: int, max_payload_bytes: int
+) -> None:
+    """For ids not read yet (`--all`): the worst case, every id as wide as the largest."""
+    widest = len(str(largest_id))
+    size = envelope_overhead() + chunk_size * (widest + 1) - 1
+    refuse_over_cap(size, widest, chunk_size, max_payload_bytes)
+
+
+def refuse_over_cap(size: int, widest: int, chunk_size: int, max_payload_bytes: int) -> None:
     if size <= max_payload_bytes:
         return
-    widest = max(len(str(order_id)) for order_id in ids)
     fitting = max(1, (max_payload_bytes - envelope_overhead() + 1) // (widest + 1))
     raise UsageError(
         f"a chunk of {chunk_size} ids would be a {size:,}-byte job, over the worker's "

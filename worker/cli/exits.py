@@ -97,6 +97,10 @@ def run_command(command: click.Command, args: Sequence[str] | None = None) -> in
         with output_mode(wants_json(arguments)):
             show_error("usage", error.format_message())
         return error.exit_code
+    except CommandError as error:  # from a command that does not report its own errors
+        with output_mode(wants_json(arguments)):
+            show_error(error.code, error.message)
+        return error.exit_code
     except typer.Abort:
         typer.echo("orderworker: aborted", err=True)
         return EXIT_FAILED

@@ -10,9 +10,9 @@ from typing import Annotated, Any
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from db.order_ids import order_id_pages
+from db.order_ids import largest_order_id, order_id_pages
 from jobs.batches import BatchRun, BatchSummary, chunked
-from worker.cli.chunk_limits import check_chunk_size
+from worker.cli.chunk_limits import check_chunk_size, check_chunk_size_for_ids_up_to
 from worker.cli.exits import EXIT_FAILED, UsageError, reports_errors
 from worker.cli.numbers import ascii_int
 from worker.cli.resources import database, producer
@@ -136,6 +136,10 @@ async def run_batch(
         run = BatchRun(client)
         if ids is None:
             async with database(settings) as engine:
+                largest = await largest_order_id(engine)
+                if largest is not None:  # checked before the first page is enqueued
+                    cap = settings.worker.max_payload_bytes
+                    check_chunk_size_for_ids_up_to(largest, chunk_size, cap)
                 await run.submit_pages(order_id_pages(engine, chunk_size))
         else:
             await run.submit_chunks(chunked(ids, chunk_size))
