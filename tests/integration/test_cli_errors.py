@@ -265,3 +265,22 @@ async def test_totals_all_checks_the_chunk_size_against_its_largest_id_before_en
     assert "over the worker's payload cap" in one_error(refused, "usage", 2)
     assert accepted.returncode == 0, accepted.stderr
     assert len(await queued_ids(redis, settings.queue_name)) == 1  # the accepted batch's chunk
+
+
+async def test_a_worker_that_cannot_reach_redis_names_it_in_its_last_line(
+    settings: Settings,
+) -> None:
+    port = free_port()
+
+    result = await cli(
+        settings, "worker", ORDERWORKER_REDIS_URL=f"redis://:hunter2@127.0.0.1:{port}/0"
+    )
+
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert (
+        last_line
+        == f"orderworker: redis_unavailable: Redis at 127.0.0.1:{port} refused the connection"
+    )
+    assert "hunter2" not in result.stderr

@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+from redis.exceptions import RedisError
 
+from jobs.connection import redis_settings_from_url
 from worker.cli.exits import EXIT_FAILED, EXIT_USAGE, fail, reports_errors
 from worker.cli.runtime import configured, run_async
 from worker.replica import StartupError, run_replica
@@ -28,6 +30,10 @@ def worker(
         )
     try:
         run_async(run_replica(settings, burst=burst))
+    except RedisError as error:
+        from worker.cli.failures import redis_error  # only once something failed
+
+        raise redis_error(error, redis_settings_from_url(settings.redis_dsn())) from error
     except StartupError as error:
         exit_code = EXIT_USAGE if error.code == "invalid_setting" else EXIT_FAILED
         fail(str(error), exit_code, error.code)
