@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 import typer
@@ -16,7 +16,7 @@ from jobs.models import PlaceOrderPayload
 from jobs.validation import validated
 from worker.cli import app
 from worker.cli.chunk_limits import check_chunk_size_for_ids_up_to
-from worker.cli.exits import UsageError, run_command
+from worker.cli.exits import UsageError, fail, run_command
 from worker.harness.servers import free_port
 
 
@@ -193,3 +193,36 @@ def test_every_order_is_checked_against_the_cap_as_wide_as_its_largest_id() -> N
     check_chunk_size_for_ids_up_to(10**9, 90, 2048)  # 90 ids of 10 digits: 131 + 989 bytes
     with pytest.raises(UsageError, match=r"a chunk of 200 ids would be a 2,330-byte job"):
         check_chunk_size_for_ids_up_to(10**9, 200, 2048)
+
+
+@pytest.mark.parametrize("markup", [None, "rich"])
+def test_a_group_called_without_a_command_shows_its_help_once_and_exits_2(
+    capsys: pytest.CaptureFixture[str], markup: Literal["rich"] | None
+) -> None:
+    group = typer.Typer(no_args_is_help=True, add_completion=False, rich_markup_mode=markup)
+
+    @group.command()
+    def hello() -> None:
+        """Says hello."""
+
+    @group.command()
+    def bye() -> None:
+        """Says bye."""
+
+    exit_code = run_command(typer.main.get_command(group), [])
+    captured = capsys.readouterr()
+
+    assert exit_code == 2
+    help_text = captured.out + captured.err
+    assert help_text.count("Says hello.") == 1
+    assert "orderworker: " not in help_text
+
+
+def test_a_failure_given_no_code_is_named_by_its_exit_code(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    for exit_code, code in ((2, "usage"), (1, "failed"), (130, "interrupted")):
+        with pytest.raises(typer.Exit) as stopped:
+            fail("something", exit_code)
+        assert stopped.value.exit_code == exit_code
+        assert capsys.readouterr().err == f"orderworker: {code}: something\n"

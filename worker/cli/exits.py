@@ -17,11 +17,18 @@ import typer
 from typer._click import core as click
 from typer._click import exceptions as click_errors
 
-from worker.cli.command_errors import EXIT_FAILED, EXIT_USAGE, CommandError, UsageError
+from worker.cli.command_errors import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    CommandError,
+    UsageError,
+)
 
 P = ParamSpec("P")
 __all__ = [  # the codes and errors are defined beside, for what reports them without this module
     "EXIT_FAILED",
+    "EXIT_INTERRUPTED",
     "EXIT_USAGE",
     "CommandError",
     "UsageError",
@@ -37,8 +44,12 @@ __all__ = [  # the codes and errors are defined beside, for what reports them wi
 json_output: ContextVar[bool] = ContextVar("json_output", default=False)
 
 
-def fail(message: str, exit_code: int = EXIT_USAGE, code: str = "usage") -> NoReturn:
-    report(CommandError(code, message, exit_code))
+# The code of a failure given none, by its exit code (130: interrupted, as a shell counts SIGINT).
+DEFAULT_CODES = {EXIT_USAGE: "usage", EXIT_INTERRUPTED: "interrupted"}
+
+
+def fail(message: str, exit_code: int = EXIT_USAGE, code: str | None = None) -> NoReturn:
+    report(CommandError(code or DEFAULT_CODES.get(exit_code, "failed"), message, exit_code))
 
 
 def report(error: CommandError) -> NoReturn:
@@ -87,8 +98,10 @@ def run_command(command: click.Command, args: Sequence[str] | None = None) -> in
     arguments = list(sys.argv[1:] if args is None else args)
     try:
         result = command.main(arguments, prog_name="orderworker", standalone_mode=False)
-    except click_errors.NoArgsIsHelpError:
-        return EXIT_USAGE  # the help is already printed, as click does
+    except click_errors.NoArgsIsHelpError as error:
+        if error.format_message().strip():  # Rich's help is printed as it is made; plain is not
+            error.show()
+        return EXIT_USAGE
     except click_errors.UsageError as error:
         with output_mode(wants_json(arguments)):
             show_error("usage", usage_message(error))
