@@ -158,8 +158,13 @@ async def test_an_unmigrated_database_says_to_run_db_upgrade(
 async def test_an_order_nobody_answers_times_out_with_one_object(settings: Settings) -> None:
     result = await cli(settings, *JSON_COMMANDS["order place"], "--timeout", "0.5", "--json")
 
-    message = one_error(result, "timeout", 1)
-    assert "did not finish within 0.5s" in message
+    assert result.returncode == 1, result.stderr
+    [stdout_line] = result.stdout.splitlines()
+    error = json.loads(stdout_line)["error"]  # beside it, what identifies the order to retry
+    assert error["code"] == "timeout"
+    assert "0.5s" in error["message"]
+    [stderr_line] = result.stderr.splitlines()
+    assert stderr_line == f"orderworker: timeout: {error['message']}"
 
 
 @pytest.mark.parametrize(
