@@ -4,6 +4,8 @@ all queued before the worker is spawned; the clock runs from its spawn until the
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 
 from redis.asyncio import Redis
@@ -16,8 +18,30 @@ from jobs.client import JobRequest, OrderClient
 from jobs.connection import redis_settings_from_url
 from worker.harness.checks import check_totals
 from worker.harness.polling import poll_until
+from worker.harness.replicas import scrape
 
 RESULT_POLL_S = 0.05
+SCRAPE_EVERY_S = 1.0  # with metrics on: /metrics read as often as the queue gauges change
+
+
+class Scraper:
+    """Reads the worker's /metrics at most every SCRAPE_EVERY_S; without a port, never."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self._last = 0.0
+
+    def worker_args(self) -> list[str]:
+        return ["--metrics-port", str(self.port)] if self.port else []
+
+    async def maybe(self) -> None:
+        if self.port and time.perf_counter() - self._last >= SCRAPE_EVERY_S:
+            await asyncio.to_thread(self._read)
+            self._last = time.perf_counter()
+
+    def _read(self) -> None:
+        with contextlib.suppress(OSError):
+            scrape(self.port)
 
 
 async def redis_commands(redis: Redis) -> int:
@@ -40,18 +64,26 @@ async def enqueue_single_jobs(bench: Bench, queue: str, function: str, jobs: int
 
 
 async def single_jobs(
-    bench: Bench, label: str, jobs: int, function: str, worker_args: list[str]
+    bench: Bench,
+    label: str,
+    jobs: int,
+    function: str,
+    worker_args: list[str],
+    metrics_port: int = 0,
 ) -> Outcome:
+    """With `metrics_port`, the worker serves /metrics there and is scraped every second."""
+    scraper = Scraper(metrics_port)
     queue = bench.queue(label)
     await truncate_totals(bench.engine)
     job_ids = await enqueue_single_jobs(bench, queue, function, jobs)
     keys = ["arq:result:" + job_id for job_id in job_ids]
     commands_before = await redis_commands(bench.redis)
-    child = Child(worker_args, bench.env(queue), bench.log_dir, label)
+    child = Child([*worker_args, *scraper.worker_args()], bench.env(queue), bench.log_dir, label)
     polls, first_result, startup_cpu = 0, 0.0, 0.0
 
     async def all_results() -> bool:
         nonlocal polls, first_result, startup_cpu
+        await scraper.maybe()
         done = int(await bench.redis.exists(*keys))
         polls += 1
         if done and not first_result:

@@ -1,6 +1,7 @@
 """The benchmark, in one command: `uv run python -m bench.run [--orders N] [--quick] [--no-readme]`;
-`--soak [--jobs N] [--kills N]` runs the soak instead (bench/soak.py), `--latency [--orders N]`
-interactive latency with and without a batch (bench/latency.py).
+`--soak [--jobs N] [--kills N] [--freezes N] [--freeze-s S]` runs the soak instead (bench/soak.py),
+`--latency [--orders N]` interactive latency with and without a batch (bench/latency.py),
+`--startup` the CLI's start-up (bench/startup.py).
 
 Loads the orders with set-based SQL, measures every row of the table in one run (so ratios compare
 figures taken on the same noisy machine minutes apart), prints the table and writes it, with the
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 import tempfile
 import time
@@ -25,10 +27,19 @@ from bench.latency import run_latency
 from bench.measure import Outcome
 from bench.noop_worker import NOOP_FUNCTION
 from bench.processes import exit_on_sigterm, kill_all, warm_bytecode_cache
-from bench.report import RESULTS_DIR, Row, results_section, write_readme
+from bench.report import (
+    RESULTS_DIR,
+    Row,
+    machine,
+    markdown_table,
+    results_section,
+    write_readme,
+)
 from bench.rows import Results, build_rows
-from bench.soak import run_soak
+from bench.soak import fault_plan, run_soak
 from bench.stack import Bench, BenchServers, bench_servers, open_bench, say, server_versions
+from bench.startup import startup_rows
+from worker.harness.servers import free_port
 from worker.settings import Settings, load_settings
 
 
@@ -44,7 +55,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-readme", action="store_true", help="do not write bench/README.md")
     parser.add_argument("--soak", action="store_true", help="the soak, with replicas killed")
     parser.add_argument("--kills", type=int, default=3, help="with --soak: replicas killed")
+    parser.add_argument("--freezes", type=int, default=2, help="with --soak: replicas frozen")
+    parser.add_argument("--freeze-s", type=float, default=10.0, help="with --soak: each freeze")
     parser.add_argument("--latency", action="store_true", help="latency, idle and during a batch")
+    parser.add_argument("--startup", action="store_true", help="CLI start-up CPU only (~20 s)")
     args = parser.parse_args(argv)
     if args.jobs is None:
         args.jobs = 100_000 if args.soak else 5_000
@@ -60,9 +74,29 @@ def soak(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(
         prefix="orderworker-soak-", ignore_cleanup_errors=True
     ) as root:
-        passed = asyncio.run(run_soak(args.jobs, args.kills, Path(root)))
+        plan = fault_plan(args.kills, args.freezes)
+        passed = asyncio.run(run_soak(args.jobs, plan, args.freeze_s, Path(root)))
     print("PASS" if passed else "FAIL")
     return 0 if passed else 1
+
+
+def startup(args: argparse.Namespace, log_dir: Path) -> int:
+    with bench_servers() as servers:
+        rows = asyncio.run(startup_rows(servers.redis_url, log_dir))
+    section = "\n".join(
+        [
+            "Reproduce with `uv run python -m bench.run --startup`.",
+            "",
+            f"- Machine: {machine()}",
+            f"- Load average at the end (1 min; the machine is shared): {os.getloadavg()[0]:.1f}",
+            "",
+            markdown_table(rows),
+        ]
+    )
+    print(section)
+    if not args.no_readme:
+        write_readme(section, "startup")
+    return 0 if all(row.passed for row in rows) else 1
 
 
 def tuning_of(settings: Settings) -> str:
@@ -85,6 +119,10 @@ async def measure_all(bench: Bench, args: argparse.Namespace, results: Results) 
     jobs = args.jobs
     single = drain.single_jobs(bench, "jobs", jobs, "compute_order_total", ["worker", "worker"])
     results.jobs = await measured(f"{jobs:,} compute_order_total jobs, one replica", single)
+    with_metrics = drain.single_jobs(
+        bench, "jobs-metrics", jobs, "compute_order_total", ["worker", "worker"], free_port()
+    )
+    results.jobs_metrics = await measured("the same, metrics on and scraped", with_metrics)
     # arq tuning of the product's worker, for the bare arq worker it is compared with.
     worker = load_settings().worker
     tuned = ["--poll-delay", str(worker.poll_delay_s), "--max-jobs", str(worker.concurrency)]
@@ -142,6 +180,8 @@ def run(argv: list[str] | None = None) -> int:
     log_dir = RESULTS_DIR / datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     started = time.monotonic()
     say(f"bytecode cache for child processes warmed in {warm_bytecode_cache():.1f}s")
+    if args.startup:
+        return startup(args, log_dir)
     exit_on_sigterm()
     try:
         # uvloop, as the product's processes run.

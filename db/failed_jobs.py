@@ -4,15 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import Select, delete, func, select, tuple_
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from db.models import FailedJob
 
 PAYLOAD_CAP_CHARS = 65_536
+
+SelectT = TypeVar("SelectT", bound=Select[*tuple[Any, ...]])
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,17 +63,50 @@ async def record_failure(session: AsyncSession, failure: FailureRecord) -> None:
     await session.execute(statement)
 
 
-async def list_failures(
-    session: AsyncSession, limit: int = 100, job_ids: Sequence[str] | None = None
-) -> list[FailedJob]:
-    query = select(FailedJob).order_by(FailedJob.last_failed_at.desc()).limit(limit)
+@dataclass(frozen=True, slots=True)
+class FailureSummary:
+    count: int
+    first_failed_at: datetime | None
+    last_failed_at: datetime | None
+
+
+def _matching(
+    query: SelectT, job_ids: Sequence[str] | None, codes: Sequence[str] | None
+) -> SelectT:
     if job_ids is not None:
         query = query.where(FailedJob.job_id.in_(job_ids))
-    return list((await session.scalars(query)).all())
+    if codes:
+        query = query.where(FailedJob.error_code.in_(codes))
+    return query
+
+
+async def list_failures(
+    session: AsyncSession,
+    limit: int = 100,
+    job_ids: Sequence[str] | None = None,
+    codes: Sequence[str] | None = None,
+) -> list[FailedJob]:
+    query = select(FailedJob).order_by(FailedJob.last_failed_at.desc()).limit(limit)
+    return list((await session.scalars(_matching(query, job_ids, codes))).all())
+
+
+async def summarise_failures(
+    session: AsyncSession, codes: Sequence[str] | None = None
+) -> FailureSummary:
+    """How many failures there are in all (not only the ones listed), and when they happened."""
+    query = select(
+        func.count(), func.min(FailedJob.first_failed_at), func.max(FailedJob.last_failed_at)
+    ).select_from(FailedJob)
+    count, first, last = (await session.execute(_matching(query, None, codes))).one()
+    return FailureSummary(int(count), first, last)
 
 
 async def failures_after(
-    session: AsyncSession, after_job_id: str, limit: int, job_ids: Sequence[str] | None = None
+    session: AsyncSession,
+    after_job_id: str,
+    limit: int,
+    job_ids: Sequence[str] | None = None,
+    codes: Sequence[str] | None = None,
 ) -> list[FailedJob]:
     """Keyset pages by job id: replaying every failure never loads them all at once."""
     query = (
@@ -79,13 +115,17 @@ async def failures_after(
         .order_by(FailedJob.job_id)
         .limit(limit)
     )
-    if job_ids is not None:
-        query = query.where(FailedJob.job_id.in_(job_ids))
-    return list((await session.scalars(query)).all())
+    return list((await session.scalars(_matching(query, job_ids, codes))).all())
 
 
-async def remove_failures(session: AsyncSession, job_ids: Sequence[str]) -> int:
-    result = await session.execute(delete(FailedJob).where(FailedJob.job_id.in_(job_ids)))
+async def remove_replayed(session: AsyncSession, replayed: Sequence[FailedJob]) -> int:
+    """Delete the dead letters of replayed jobs, unless one failed again since it was read: its
+    new failure (a later `last_failed_at`) is kept."""
+    if not replayed:
+        return 0
+    read = [(row.job_id, row.last_failed_at) for row in replayed]
+    key = tuple_(FailedJob.job_id, FailedJob.last_failed_at)
+    result = await session.execute(delete(FailedJob).where(key.in_(read)))
     return int(result.rowcount)  # type: ignore[attr-defined]
 
 
@@ -93,3 +133,15 @@ async def purge_failures(session: AsyncSession, older_than: timedelta) -> int:
     cutoff = func.now() - older_than  # the database's clock, the one that stamped the rows
     result = await session.execute(delete(FailedJob).where(FailedJob.last_failed_at < cutoff))
     return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def failure_counts_since(session: AsyncSession, within: timedelta) -> dict[str, int]:
+    """Failed jobs whose last failure is within `within` of now, by error code."""
+    cutoff = func.now() - within  # the database's clock, the one that stamped the rows
+    query = (
+        select(FailedJob.error_code, func.count())
+        .where(FailedJob.last_failed_at >= cutoff)
+        .group_by(FailedJob.error_code)
+        .order_by(func.count().desc(), FailedJob.error_code)
+    )
+    return {code: int(count) for code, count in (await session.execute(query)).all()}

@@ -7,6 +7,7 @@ from decimal import Decimal
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     ForeignKey,
     Index,
@@ -17,7 +18,7 @@ from sqlalchemy import (
     Text,
     func,
 )
-from sqlalchemy.dialects.postgresql import TIMESTAMP
+from sqlalchemy.dialects.postgresql import ARRAY, TIMESTAMP
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 NAMING_CONVENTION = {
@@ -119,3 +120,51 @@ class FailedJob(Base):
     tries: Mapped[int] = mapped_column(Integer)
     first_failed_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
     last_failed_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
+
+
+class Batch(Base):
+    """A batch of totals as submitted: its figures are sums over its sub-chunks' rows."""
+
+    __tablename__ = "batches"
+
+    batch_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    submitted_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
+    # Order ids and chunk jobs submitted so far; final once `sealed` (the submission ended).
+    requested: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    chunks: Mapped[int] = mapped_column(Integer, server_default="0")
+    sealed: Mapped[bool] = mapped_column(Boolean, server_default="false")
+    updated_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
+
+
+class BatchChunk(Base):
+    """One chunk job of a batch, registered before it is enqueued."""
+
+    __tablename__ = "batch_chunks"
+
+    batch_id: Mapped[str] = mapped_column(
+        ForeignKey("batches.batch_id", ondelete="CASCADE"), primary_key=True
+    )
+    chunk_index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[str] = mapped_column(String(200), unique=True)
+    order_count: Mapped[int] = mapped_column(Integer)
+    # The ids of a small chunk, to name them if it fails; NULL for larger ones.
+    order_ids: Mapped[list[int] | None] = mapped_column(ARRAY(BigInteger), nullable=True)
+
+
+class BatchSubchunk(Base):
+    """What one sub-chunk computed, written in the statement that upserted its totals.
+
+    Keyed by the sub-chunk's smallest id (ids in a batch are distinct): a rerun of its chunk job,
+    under any job id, writes the same key and is counted once.
+    """
+
+    __tablename__ = "batch_subchunks"
+
+    batch_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    first_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    job_id: Mapped[str] = mapped_column(String(200))
+    requested: Mapped[int] = mapped_column(Integer)
+    computed: Mapped[int] = mapped_column(Integer)
+    total_sum: Mapped[Decimal] = mapped_column(Numeric(20, 2, asdecimal=True))
+    missing: Mapped[list[int]] = mapped_column(ARRAY(BigInteger))
+    recorded_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())

@@ -21,8 +21,10 @@ class UnknownCustomerError(LookupError):
 
 
 class IdempotencyConflictError(ValueError):
-    def __init__(self, idempotency_key: str) -> None:
-        super().__init__(f"idempotency key {idempotency_key!r} belongs to another customer's order")
+    """A key (or job id) that placed one order, sent again with another customer or other lines."""
+
+    def __init__(self, used_as: str, difference: str) -> None:
+        super().__init__(f"{used_as} was first used {difference}; send a new key for a new order")
 
 
 class UnknownItemsError(LookupError):
@@ -48,7 +50,7 @@ class PlacedOrder:
 LOOKUP = text(
     """
     WITH existing AS (
-        SELECT id, customer_id FROM orders
+        SELECT id, customer_id, idempotency_key FROM orders
         WHERE idempotency_key = :idempotency_key OR job_id = :job_id
         LIMIT 1
     )
@@ -56,7 +58,12 @@ LOOKUP = text(
         EXISTS (SELECT 1 FROM customer WHERE id = :customer_id) AS customer_exists,
         ARRAY(SELECT id FROM item WHERE id = ANY(:item_ids)) AS known_items,
         existing.id AS existing_order_id,
-        existing.customer_id AS existing_customer_id
+        existing.customer_id AS existing_customer_id,
+        existing.idempotency_key AS existing_key,
+        ARRAY(
+            SELECT ARRAY[line.item_id, line.quantity] FROM order_items AS line
+            WHERE line.order_id = existing.id
+        ) AS existing_lines
     FROM (SELECT 1) AS always_one_row LEFT JOIN existing ON true
     """
 ).bindparams(bindparam("item_ids", type_=ARRAY(INTEGER)))
@@ -90,8 +97,9 @@ async def place_order(
     idempotency_key: str | None,
     job_id: str | None = None,
 ) -> PlacedOrder:
-    """Insert an order, its lines and its total; a repeated idempotency key returns the first order,
-    and so does the same queue job run a second time.
+    """Insert an order, its lines and its total. A repeat of the request (same idempotency key, or
+    the same queue job run again) returns the first order; the key or job sent with another
+    customer or other lines raises IdempotencyConflictError, also when the two race.
 
     Lines must already be validated (positive quantities, distinct items). Never commits.
     """
@@ -104,7 +112,7 @@ async def place_order(
     }
     found = (await session.execute(LOOKUP, params)).one()
     if found.existing_order_id is not None:
-        return await _existing(session, found, customer_id, idempotency_key)
+        return await _existing(session, found, customer_id, lines, idempotency_key, job_id)
     if not found.customer_exists:
         raise UnknownCustomerError(customer_id)
     unknown = sorted(set(item_ids) - set(found.known_items))
@@ -114,7 +122,7 @@ async def place_order(
     order_id = (await session.execute(INSERT_ORDER, params)).scalar_one_or_none()
     if order_id is None:  # another producer placed it with this key a moment ago
         found = (await session.execute(LOOKUP, params)).one()
-        return await _existing(session, found, customer_id, idempotency_key)
+        return await _existing(session, found, customer_id, lines, idempotency_key, job_id)
 
     await session.execute(
         INSERT_LINES,
@@ -130,12 +138,37 @@ async def place_order(
 
 
 async def _existing(
-    session: AsyncSession, found: Row[Any], customer_id: int, idempotency_key: str | None
+    session: AsyncSession,
+    found: Row[Any],
+    customer_id: int,
+    lines: Sequence[OrderLine],
+    idempotency_key: str | None,
+    job_id: str | None,
 ) -> PlacedOrder:
-    """The order a repeated key (or job) placed before; a key is never shared across customers."""
-    if found.existing_customer_id != customer_id:
-        raise IdempotencyConflictError(str(idempotency_key))
+    """The order a repeated key (or job) placed before, if it was placed for this very request."""
+    _refuse_another_request(found, customer_id, lines, idempotency_key, job_id)
     order_id = int(found.existing_order_id)
     total = await upsert_order_total(session, order_id)
     assert total is not None  # orders are never deleted by this service
     return PlacedOrder(order_id=order_id, total=total, created=False)
+
+
+def _refuse_another_request(
+    found: Row[Any],
+    customer_id: int,
+    lines: Sequence[OrderLine],
+    idempotency_key: str | None,
+    job_id: str | None,
+) -> None:
+    """A key names one request (as payment APIs have it): the same customer and the same lines."""
+    if found.existing_customer_id != customer_id:
+        difference = "for another customer"
+    elif {(item_id, quantity) for item_id, quantity in found.existing_lines} != {
+        (line.item_id, line.quantity) for line in lines
+    }:
+        difference = "with other lines"
+    else:
+        return
+    keyed = idempotency_key is not None and found.existing_key == idempotency_key
+    used_as = f"idempotency key {idempotency_key!r}" if keyed else f"job id {job_id!r}"
+    raise IdempotencyConflictError(used_as, difference)

@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
-from sqlalchemy import bindparam, text
+from sqlalchemy import Row, bindparam, text
 from sqlalchemy.dialects.postgresql import ARRAY, BIGINT
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -31,8 +32,7 @@ ON_CONFLICT_UPDATE_TOTAL = """
 
 # Rows are upserted in id order so two workers writing overlapping chunks take row locks in the
 # same order and cannot deadlock.
-UPSERT_TOTALS = text(
-    f"""
+UPSERTED_TOTALS = f"""
     WITH requested AS (
         SELECT DISTINCT unnest(CAST(:order_ids AS bigint[])) AS id
     ), computed AS (
@@ -45,13 +45,33 @@ UPSERT_TOTALS = text(
         SELECT order_id, total, computed_at FROM computed
         {ON_CONFLICT_UPDATE_TOTAL}
         RETURNING order_id, total
+    ), outcome AS (
+        SELECT
+            (SELECT count(*) FROM requested) AS requested,
+            (SELECT count(*) FROM upserted) AS computed,
+            (SELECT COALESCE(SUM(total), 0) FROM upserted) AS total_sum,
+            ARRAY(
+                SELECT id FROM requested WHERE id NOT IN (SELECT order_id FROM computed) ORDER BY id
+            ) AS missing
     )
-    SELECT
-        (SELECT count(*) FROM upserted) AS computed,
-        (SELECT COALESCE(SUM(total), 0) FROM upserted) AS total_sum,
-        ARRAY(
-            SELECT id FROM requested WHERE id NOT IN (SELECT order_id FROM computed) ORDER BY id
-        ) AS missing
+"""
+UPSERT_TOTALS = text(
+    f"{UPSERTED_TOTALS} SELECT computed, total_sum, missing FROM outcome"
+).bindparams(bindparam("order_ids", type_=ARRAY(BIGINT)))
+
+# The same, recording the sub-chunk's figures for its batch in the same statement (so the same
+# transaction): a rerun finds its row and adds nothing, so batch figures count each id once.
+UPSERT_TOTALS_FOR_BATCH = text(
+    f"""
+    {UPSERTED_TOTALS}, recorded AS (
+        INSERT INTO batch_subchunks
+            (batch_id, first_id, job_id, requested, computed, total_sum, missing)
+        SELECT :batch_id, (SELECT min(id) FROM requested), :job_id,
+            requested, computed, total_sum, missing
+        FROM outcome
+        ON CONFLICT (batch_id, first_id) DO NOTHING
+    )
+    SELECT computed, total_sum, missing FROM outcome
     """
 ).bindparams(bindparam("order_ids", type_=ARRAY(BIGINT)))
 
@@ -98,12 +118,36 @@ async def upsert_totals(session: AsyncSession, order_ids: Sequence[int]) -> Tota
     """
     if not order_ids:
         return NOTHING
-    row = (await session.execute(UPSERT_TOTALS, {"order_ids": list(order_ids)})).one()
+    return _outcome((await session.execute(UPSERT_TOTALS, {"order_ids": list(order_ids)})).one())
+
+
+def _outcome(row: Row[Any]) -> TotalsOutcome:
     return TotalsOutcome(
         computed=int(row.computed),
         total_sum=Decimal(row.total_sum).quantize(ZERO),
         missing=list(row.missing),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class BatchPart:
+    """Which batch a sub-chunk belongs to, and the job computing it."""
+
+    batch_id: str
+    job_id: str
+
+
+async def upsert_totals_for_batch(
+    session: AsyncSession, order_ids: Sequence[int], part: BatchPart
+) -> TotalsOutcome:
+    """`upsert_totals`, recording the sub-chunk's figures for its batch in the same statement.
+
+    Ids in a batch are distinct, so the sub-chunk's smallest id names it: a rerun is counted once.
+    """
+    if not order_ids:
+        return NOTHING
+    values = {"order_ids": list(order_ids), "batch_id": part.batch_id, "job_id": part.job_id}
+    return _outcome((await session.execute(UPSERT_TOTALS_FOR_BATCH, values)).one())
 
 
 async def upsert_order_total(session: AsyncSession, order_id: int) -> Decimal | None:

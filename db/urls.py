@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy.engine import URL, make_url
 
-# libpq's modes; asyncpg takes the same names as its `ssl` connect argument.
-SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+from db.ssl_modes import checked_ssl_mode
 
 
 def split_ssl_mode(url: str) -> tuple[URL, str | None]:
@@ -15,8 +14,5 @@ def split_ssl_mode(url: str) -> tuple[URL, str | None]:
     mode = parsed.query.get("sslmode")
     if mode is None:
         return parsed, None
-    if not isinstance(mode, str) or mode not in SSL_MODES:
-        raise ValueError(f"sslmode={mode!r} is not one of {', '.join(SSL_MODES)}")
-    if "ssl" in parsed.query:
-        raise ValueError("give ssl= or sslmode=, not both")
-    return parsed.difference_update_query(["sslmode"]), mode
+    checked = checked_ssl_mode(mode, given_ssl="ssl" in parsed.query)
+    return parsed.difference_update_query(["sslmode"]), checked

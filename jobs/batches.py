@@ -3,43 +3,34 @@ their results and sum them up. Shared by `orderworker totals` and `orderworker d
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from db.batches import BatchStatus, ChunkRecord, register_chunks
 from jobs.client import JobRequest, OrderClient, new_batch_id
 from jobs.connection import REDIS_ERRORS
 from jobs.notices import FALLBACK_READ_S
 
-ZERO = Decimal("0.00")
 FALLBACK_WINDOW = 1000  # oldest chunk results read per fallback read
 ENQUEUE_IDS = 50_000  # order ids buffered per pipelined flush while paging
+READ_TIMEOUT_S = 5.0  # one read of chunk results, at most
+NAMED_CHUNK_IDS = 100  # a failed chunk up to this size is reported by its ids, else by its job id
 
 
 @dataclass(slots=True)
-class BatchSummary:
-    batch_id: str
-    requested: int = 0
-    computed: int = 0
-    missing: list[int] = field(default_factory=list)
-    failed: list[dict[str, Any]] = field(default_factory=list)
-    total_sum: Decimal = ZERO
+class BatchSummary(BatchStatus):
+    """A batch as one producer submitted and followed it: its figures, plus its own counts."""
+
     jobs: int = 0
     finished_jobs: int = 0
     elapsed_s: float = 0.0
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "batch_id": self.batch_id,
-            "requested": self.requested,
-            "computed": self.computed,
-            "missing": sorted(self.missing),
-            "failed": self.failed,
-            "total_sum": f"{self.total_sum:.2f}",
-        }
 
     @property
     def ok(self) -> bool:
@@ -49,9 +40,20 @@ class BatchSummary:
 Progress = Callable[[BatchSummary], None]
 
 
+CHUNK_PREFIX = "totals:"
+
+
 def chunk_job_id(batch_id: str, index: int) -> str:
     # Deterministic ids: a chunk enqueued twice is one job, and its result is found by name.
-    return f"totals:{batch_id}:{index}"
+    return f"{CHUNK_PREFIX}{batch_id}:{index}"
+
+
+def batch_of_chunk(job_id: str) -> str | None:
+    """The batch a chunk job id names (`chunk_job_id`), or None for any other job id."""
+    if not job_id.startswith(CHUNK_PREFIX):
+        return None
+    batch_id, _, index = job_id[len(CHUNK_PREFIX) :].rpartition(":")
+    return batch_id if batch_id and index.isdigit() else None
 
 
 def chunked(order_ids: Iterable[int], chunk_size: int) -> Iterator[list[int]]:
@@ -65,49 +67,95 @@ def chunked(order_ids: Iterable[int], chunk_size: int) -> Iterator[list[int]]:
         yield chunk
 
 
-class BatchRun:
-    """One batch: submit its chunks, then wait for every chunk's result."""
+class ResultsUnreachableError(Exception):
+    """Redis stayed unreachable longer than the wait allows: the batch itself runs on."""
 
-    def __init__(self, client: OrderClient, batch_id: str | None = None) -> None:
+
+class BatchRun:
+    """One batch: submit its chunks (registered in PostgreSQL first when given `sessions`), then
+    wait for every chunk's result."""
+
+    def __init__(
+        self,
+        client: OrderClient,
+        batch_id: str | None = None,
+        sessions: async_sessionmaker[AsyncSession] | None = None,
+    ) -> None:
         self.client = client
         self.summary = BatchSummary(batch_id=batch_id or new_batch_id())
+        self.sessions = sessions
         self._pending: dict[str, list[int] | int] = {}
+        self._unsent: list[JobRequest] = []
+        self._unrecorded: list[ChunkRecord] = []
         self._started = time.monotonic()
+        self._unreachable_since: float | None = None
 
     async def submit_chunks(self, chunks: Iterable[list[int]]) -> None:
-        requests = []
         for chunk in chunks:
-            requests.append(self._request(chunk))
-        await self.client.enqueue_many(requests)
+            self._take(chunk)
+        await self._flush(seal=True)
 
     async def submit_pages(self, pages: AsyncIterator[list[int]]) -> None:
         """Enqueue pages as they arrive; with --all the ids are never all held at once."""
-        requests: list[JobRequest] = []
         buffered = 0
-        async for page in pages:
-            requests.append(self._request(page))
-            buffered += len(page)
-            if buffered >= ENQUEUE_IDS:
-                await self.client.enqueue_many(requests)
-                requests, buffered = [], 0
-        if requests:
-            await self.client.enqueue_many(requests)
+        try:
+            async for page in pages:
+                self._take(page)
+                buffered += len(page)
+                if buffered >= ENQUEUE_IDS:
+                    await self._flush(seal=False)
+                    buffered = 0
+        finally:
+            # Interrupted or not, the pages taken are submitted and the batch sealed with them,
+            # so it can finish.
+            await self._flush(seal=True)
 
-    def _request(self, chunk: list[int]) -> JobRequest:
-        job_id = chunk_job_id(self.summary.batch_id, self.summary.jobs)
+    def _take(self, chunk: list[int]) -> None:
+        index = self.summary.jobs
+        job_id = chunk_job_id(self.summary.batch_id, index)
         self.summary.jobs += 1
         self.summary.requested += len(chunk)
         # Keep the ids only for small chunks (to report them if the chunk fails); else the count.
-        self._pending[job_id] = chunk if len(chunk) <= 100 else len(chunk)
-        return JobRequest(
-            function="compute_batch_totals",
-            kwargs={"order_ids": chunk, "batch_id": self.summary.batch_id},
-            job_id=job_id,
+        small = len(chunk) <= NAMED_CHUNK_IDS
+        self._pending[job_id] = chunk if small else len(chunk)
+        self._unrecorded.append(ChunkRecord(index, job_id, len(chunk), chunk if small else None))
+        self._unsent.append(
+            JobRequest(
+                function="compute_batch_totals",
+                kwargs={"order_ids": chunk, "batch_id": self.summary.batch_id},
+                job_id=job_id,
+            )
         )
 
-    async def wait(self, progress: Progress | None = None, timeout_s: float | None = None) -> None:
-        """Until every chunk has a result: read the notified ones, and a fallback window."""
-        if not self._pending:
+    async def _flush(self, *, seal: bool) -> None:
+        requests, records = self._unsent, self._unrecorded
+        self._unsent, self._unrecorded = [], []
+        write = asyncio.ensure_future(self._write(requests, records, seal))
+        try:
+            await asyncio.shield(write)
+        except asyncio.CancelledError:
+            await write  # a write begun is finished: the batch's record and the queue agree
+            raise
+
+    async def _write(
+        self, requests: list[JobRequest], records: list[ChunkRecord], seal: bool
+    ) -> None:
+        # Recorded before enqueued: a chunk never reports progress for a batch nobody knows.
+        if self.sessions is not None:
+            async with self.sessions.begin() as session:
+                await register_chunks(session, self.summary.batch_id, records, seal=seal)
+        if requests:
+            await self.client.enqueue_many(requests)
+
+    async def wait(
+        self,
+        progress: Progress | None = None,
+        timeout_s: float | None = None,
+        unreachable_s: float | None = None,
+    ) -> None:
+        """Until every chunk has a result: read the notified ones, and a fallback window. Raises
+        ResultsUnreachableError once Redis has been unreachable for `unreachable_s`."""
+        if not self._report(None):
             return
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         notices = self.client.notices
@@ -131,12 +179,18 @@ class BatchRun:
                     job_ids.extend(itertools.islice(self._pending, FALLBACK_WINDOW))
                     next_fallback = time.monotonic() + FALLBACK_READ_S
                 await self._read(list(dict.fromkeys(job_ids)))
+                self._check_reachable(unreachable_s)
 
     async def _read(self, job_ids: list[str]) -> None:
         try:
-            finished = await self.client.outcomes(job_ids)
-        except REDIS_ERRORS:
-            return  # Redis restarting: the results are still coming, the fallback reads again
+            # Bounded: a frozen Redis answers nothing, and never closes the connection either.
+            async with asyncio.timeout(READ_TIMEOUT_S):
+                finished = await self.client.outcomes(job_ids)
+        except REDIS_ERRORS:  # TimeoutError among them
+            # Redis restarting: the results are still coming, the fallback reads again.
+            self._unreachable_since = self._unreachable_since or time.monotonic()
+            return
+        self._unreachable_since = None
         for job_id, outcome in finished.items():
             chunk = self._pending.pop(job_id, None)
             if chunk is None:
@@ -152,9 +206,23 @@ class BatchRun:
                 )
                 self.summary.failed.append({**where, "error": outcome.result})
 
+    def _check_reachable(self, unreachable_s: float | None) -> None:
+        since = self._unreachable_since
+        if unreachable_s is None or since is None or time.monotonic() - since < unreachable_s:
+            return
+        raise ResultsUnreachableError(
+            f"Redis unreachable for {unreachable_s:g}s while waiting for batch "
+            f"{self.summary.batch_id}"
+        )
+
     def _report(self, progress: Progress | None) -> bool:
         """Show progress; True while chunks are pending."""
         self.summary.elapsed_s = time.monotonic() - self._started
+        summary = self.summary
+        if self._pending:
+            summary.state = "running" if summary.finished_jobs else "queued"
+        else:
+            summary.state = "failed" if summary.failed else "done"
         if progress is not None:
             progress(self.summary)
         return bool(self._pending)

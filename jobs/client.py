@@ -18,7 +18,7 @@ from arq.constants import job_key_prefix, result_key_prefix, retry_key_prefix
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import WatchError
 
-from jobs.connection import REDIS_ERRORS
+from jobs.connection import REDIS_ERRORS, close_sentinels
 from jobs.lanes import done_channel, lane_of, lane_queue, wake_channel
 from jobs.notices import FALLBACK_READ_S, DoneNotices
 from jobs.serialization import decode_result, deserialize, serialize
@@ -63,6 +63,7 @@ class OrderClient:
     async def close(self) -> None:
         await self.notices.close()
         await self.redis.aclose()
+        await close_sentinels(self.redis)
 
     def lane_queue_of(self, function: str) -> str:
         """The sorted set this client writes a `function` job into."""

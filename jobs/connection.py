@@ -5,7 +5,9 @@ from __future__ import annotations
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from arq.connections import RedisSettings
+from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import SentinelConnectionPool
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -65,3 +67,12 @@ def endpoint(settings: RedisSettings) -> str:
 def redacted(settings: RedisSettings) -> str:
     """Where a RedisSettings can be shown: never with its password."""
     return f"redis {endpoint(settings)} db={settings.database} ssl={settings.ssl}"
+
+
+async def close_sentinels(redis: Redis) -> None:
+    """A client reached through Sentinel also holds connections to the Sentinels, which closing
+    the client (or its pool) leaves open: close them too. Nothing to do for any other client."""
+    pool = redis.connection_pool
+    if isinstance(pool, SentinelConnectionPool):
+        for sentinel in pool.sentinel_manager.sentinels:
+            await sentinel.aclose()

@@ -118,3 +118,6 @@ BAD_INPUT_CODES = frozenset(
         IdempotencyConflictError,
     )
 )
+
+# Failures a replay repeats unchanged (unless the data was fixed): `jobs retry --all` leaves them.
+PERMANENT_CODES = BAD_INPUT_CODES | {UnknownOrderError.code}

@@ -65,11 +65,15 @@ async def compute_batch_totals(
     ctx: JobContext, payload: ComputeBatchTotalsPayload
 ) -> BatchTotalsResult:
     size = ctx["policy"].subchunk_size
-    # A repeated id would otherwise be summed once per sub-chunk it lands in.
-    order_ids = list(dict.fromkeys(payload.order_ids))
+    # Distinct (a repeated id would be summed once per sub-chunk it lands in) and sorted, so a
+    # rerun splits the ids into the same sub-chunks and its batch records are found again.
+    order_ids = sorted(set(payload.order_ids))
     subchunks = [order_ids[start : start + size] for start in range(0, len(order_ids), size)]
+    part = None
+    if payload.batch_id is not None:
+        part = totals.BatchPart(batch_id=payload.batch_id, job_id=ctx["job_id"])
     async with asyncio.TaskGroup() as group:
-        tasks = [group.create_task(_upsert_subchunk(ctx, ids)) for ids in subchunks]
+        tasks = [group.create_task(_upsert_subchunk(ctx, ids, part)) for ids in subchunks]
     outcome = sum((task.result() for task in tasks), start=totals.NOTHING)
     return BatchTotalsResult(
         batch_id=payload.batch_id or ctx["job_id"],
@@ -79,14 +83,19 @@ async def compute_batch_totals(
     )
 
 
-async def _upsert_subchunk(ctx: JobContext, order_ids: Sequence[int]) -> totals.TotalsOutcome:
-    # Its own session (never shared between tasks); one statement, so its own transaction.
+async def _upsert_subchunk(
+    ctx: JobContext, order_ids: Sequence[int], part: totals.BatchPart | None
+) -> totals.TotalsOutcome:
+    # Its own session (never shared between tasks); one statement, so its own transaction, which
+    # records the sub-chunk's progress for its batch together with its totals.
     async with (
         ctx["batch_db_slots"],
         ctx["db_slots"],
         ctx["single_statement_sessionmaker"]() as session,
     ):
-        return await totals.upsert_totals(session, order_ids)
+        if part is None:
+            return await totals.upsert_totals(session, order_ids)
+        return await totals.upsert_totals_for_batch(session, order_ids, part)
 
 
 ARQ_TIMEOUT_MARGIN_S = 2.0

@@ -30,6 +30,22 @@ def backoff_delay(policy: JobPolicy, job_try: int) -> float:
     return random.uniform(0, ceiling)
 
 
+def validated_payload(
+    payload_model: type[PayloadT], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> PayloadT:
+    if args:
+        raise InvalidPayloadError("positional arguments are not accepted; use keywords")
+    return validated(payload_model, kwargs)
+
+
+def batch_fields(job_ctx: JobContext, payload: BaseModel) -> dict[str, str]:
+    """A chunk job's lines name its batch: the one it was sent in, or itself alone (as its
+    result does). Bound in the job's own task, so concurrent jobs never see each other's."""
+    if "batch_id" not in type(payload).model_fields:
+        return {}
+    return {"batch_id": getattr(payload, "batch_id", None) or job_ctx["job_id"]}
+
+
 def job_entry(name: str, payload_model: type[PayloadT], body: JobBody[PayloadT]) -> JobEntry:
     """The coroutine arq calls: keyword arguments in, a JSON-ready result dict out."""
 
@@ -40,9 +56,8 @@ def job_entry(name: str, payload_model: type[PayloadT], body: JobBody[PayloadT])
             job_id=job_ctx["job_id"], job=name, job_try=job_ctx["job_try"]
         )
         try:
-            if args:
-                raise InvalidPayloadError("positional arguments are not accepted; use keywords")
-            payload = validated(payload_model, kwargs)
+            payload = validated_payload(payload_model, args, kwargs)
+            structlog.contextvars.bind_contextvars(**batch_fields(job_ctx, payload))
             async with asyncio.timeout(policy.job_timeout_s):
                 result = await body(job_ctx, payload)
         except JobError as error:
@@ -73,7 +88,7 @@ def job_entry(name: str, payload_model: type[PayloadT], body: JobBody[PayloadT])
             log.info("job.done", duration_ms=_ms_since(started))
             return result.model_dump(mode="json")
         finally:
-            structlog.contextvars.unbind_contextvars("job_id", "job", "job_try")
+            structlog.contextvars.unbind_contextvars("job_id", "job", "job_try", "batch_id")
 
     entry.__name__ = entry.__qualname__ = name
     return entry

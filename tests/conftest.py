@@ -212,6 +212,7 @@ def settings(database_url: str, redis_url: str, queue_name: str) -> Settings:
             "retry_base_delay_s": 0.01,
             "retry_max_delay_s": 0.05,
             "shutdown_grace_s": 5,
+            "metrics_port": 0,  # tests run many replicas at once on one host
         },
         totals={"chunk_size": 100, "subchunk_size": 25},  # type: ignore[arg-type]
     )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from redis.asyncio import Redis
@@ -27,6 +27,8 @@ class Heartbeat:
     in_flight: int
     last_beat: float
     started_at: float
+    # Per lane: {"in_use": slots running its jobs, "slots": how many it may use}.
+    lanes: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 async def beat(redis: Redis, heartbeat: Heartbeat, ttl_s: float) -> None:

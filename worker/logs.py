@@ -11,7 +11,7 @@ from typing import Any, Literal, TextIO
 import structlog
 from structlog.typing import EventDict, Processor
 
-from worker.arq_seam.wording import is_arq_job_failure_line
+from worker.arq_seam.wording import arq_job_failure_fields, is_arq_job_failure_line
 
 PASSWORD_IN_URL = re.compile(r"(://[^:/@\s]*:)[^@\s]+@")
 SECRET_KEYS = ("password", "secret", "token", "database_url", "redis_url")
@@ -27,12 +27,24 @@ def redact_secrets(_: Any, __: str, event_dict: EventDict) -> EventDict:
     return event_dict
 
 
-class WithoutArqJobFailures(logging.Filter):
-    """The job runner logs one line per job (with a traceback only for real crashes); arq's own
-    copy of every failure, at ERROR with a traceback, would be a second and alarming one."""
+class ArqLines(logging.Filter):
+    """arq's own lines in our shape. Its copy of a job failure our runner already logged (at
+    ERROR, with a traceback) is dropped. A failure arq decides before a job runs becomes one
+    `job.failed` WARNING line with the job id, code and reason: no traceback, since anyone can
+    send a payload that cannot be decoded."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not is_arq_job_failure_line(record)
+        if not record.name.startswith("arq."):
+            return True
+        if is_arq_job_failure_line(record):
+            return False
+        fields = arq_job_failure_fields(record)
+        if fields is not None:
+            record.msg, record.args = "job.failed", ()
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.exc_info = record.exc_text = None
+            record.__dict__.update(fields)  # structlog's ExtraAdder makes them fields
+        return True
 
 
 class NamedWriteLogger(structlog.WriteLogger):
@@ -90,13 +102,11 @@ def configure_logging(
     )
     handler = logging.StreamHandler(stream)
     handler.setFormatter(formatter)
+    handler.addFilter(ArqLines())  # on the handler: it sees every arq logger's lines
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
     # arq logs every job start and end; our own one summary line per job is enough.
-    arq_worker = logging.getLogger("arq.worker")
-    arq_worker.setLevel(max(logging.WARNING, logging.getLevelName(level)))
-    if not any(isinstance(known, WithoutArqJobFailures) for known in arq_worker.filters):
-        arq_worker.addFilter(WithoutArqJobFailures())
+    logging.getLogger("arq.worker").setLevel(max(logging.WARNING, logging.getLevelName(level)))
     for chatty in ("sqlalchemy.engine", "alembic.runtime.plugins", "pgserver"):
         logging.getLogger(chatty).setLevel(logging.WARNING)

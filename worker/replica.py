@@ -23,7 +23,8 @@ from jobs.serialization import make_deserializer
 from worker.arq_seam.backoff import MAX_RECONNECT_DELAY_S
 from worker.arq_seam.dead_letters import DeadLetters
 from worker.arq_seam.worker import SeamWorker
-from worker.settings import Settings, at_most
+from worker.metrics import MetricsServer, QueueCollector, ReplicaMetrics, SlotCollector
+from worker.settings import Settings, at_most, settings_file
 
 __all__ = [
     "MAX_RECONNECT_DELAY_S",
@@ -49,8 +50,10 @@ class StartupError(Exception):
 class OrderWorker(SeamWorker):
     def __init__(self, settings: Settings, **kwargs: Any) -> None:
         tuning = settings.worker
+        functions = registry(tuning.job_timeout_s, tuning.max_tries)
         super().__init__(
-            functions=registry(tuning.job_timeout_s, tuning.max_tries),
+            functions=functions,
+            metrics=ReplicaMetrics([f.name for f in functions]) if tuning.metrics_port else None,
             replica_id=f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}",
             shutdown_grace_s=tuning.shutdown_grace_s,
             batch_slots=_batch_slots(settings),
@@ -68,6 +71,7 @@ class OrderWorker(SeamWorker):
         self.settings = settings
         self.on_startup = self._startup
         self.on_shutdown = self._shutdown
+        self.metrics_server: MetricsServer | None = None
 
     async def _startup(self, ctx: dict[str, Any]) -> None:
         database = self.settings.database
@@ -82,21 +86,43 @@ class OrderWorker(SeamWorker):
         )
         await self._check_database(engine)
         ctx.update(self._worker_context(engine))
+        if self.metrics is not None:
+            self._serve_metrics(self.metrics)
         log.info(
             "worker.started",
             replica_id=self.replica_id,
             queue=self.queue_name,
             concurrency=self.max_jobs,
             batch_slots=self.intake.batch_slots,
+            metrics_port=self.settings.worker.metrics_port or None,
             redis=redacted(self.redis_settings) if self.redis_settings else "shared pool",
+            settings_file=str(path) if (path := settings_file()) else None,
         )
+
+    def _serve_metrics(self, metrics: ReplicaMetrics) -> None:
+        """The engine is in the context by now: shutdown disposes of it if this fails."""
+        registry, port = metrics.registry, self.settings.worker.metrics_port
+        registry.register(SlotCollector(self.slot_use))
+        registry.register(QueueCollector(self.pool, self.queue_name, asyncio.get_running_loop()))
+        server = MetricsServer(registry, port)
+        try:
+            server.start()
+        except OSError as error:
+            message = f"metrics port {port}: {error.strerror or error}"
+            raise StartupError(f"{message} (set ORDERWORKER_WORKER__METRICS_PORT)") from None
+        self.metrics_server = server
 
     def _worker_context(self, engine: AsyncEngine) -> WorkerContext:
         database, tuning = self.settings.database, self.settings.worker
         sessionmaker = create_sessionmaker(engine)
         db_slots = asyncio.Semaphore(database.pool_size + database.max_overflow)
         dead_letters = DeadLetters(
-            self.pool, self.queue_name, sessionmaker, db_slots, replica_id=self.replica_id
+            self.pool,
+            self.queue_name,
+            sessionmaker,
+            db_slots,
+            replica_id=self.replica_id,
+            metrics=self.metrics,
         )
         self.use_dead_letters(dead_letters)
         return WorkerContext(
@@ -138,6 +164,9 @@ class OrderWorker(SeamWorker):
                 await asyncio.sleep(min(5.0, 0.5 * 2**attempt))
 
     async def _shutdown(self, ctx: dict[str, Any]) -> None:
+        if self.metrics_server is not None:
+            await self.metrics_server.stop()
+            self.metrics_server = None
         engine = ctx.get("engine")
         if engine is not None:  # absent when startup failed
             await engine.dispose()
@@ -157,6 +186,8 @@ def _batch_slots(settings: Settings) -> int:
 async def run_replica(settings: Settings, *, burst: bool = False) -> None:
     """Run until SIGTERM/SIGINT (drain, then exit) or, with burst, until the queue is empty."""
     worker = OrderWorker(settings, burst=burst, max_jobs=settings.worker.concurrency)
+    # Bound before the signal handlers are added: the drain they start carries it too.
+    structlog.contextvars.bind_contextvars(replica_id=worker.replica_id)
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, worker.request_stop, signum)
@@ -164,7 +195,9 @@ async def run_replica(settings: Settings, *, burst: bool = False) -> None:
 
 
 async def run_until_stopped(worker: OrderWorker) -> None:
-    """Run a replica to its end: a drain ends it without an error, whatever came in between."""
+    """Run a replica to its end: a drain ends it without an error, whatever came in between.
+    Every line it logs names it: the tasks it starts inherit the binding."""
+    structlog.contextvars.bind_contextvars(replica_id=worker.replica_id)
     try:
         await worker.async_run()
     except asyncio.CancelledError:

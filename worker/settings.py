@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -21,14 +23,28 @@ from pydantic_settings import (
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
-from sqlalchemy import make_url
+from pydantic_settings import SettingsError as PydanticSettingsError
 
-from db.urls import split_ssl_mode
+from db.ssl_modes import ssl_mode
 from jobs.connection import redis_settings_from_url
+from worker.setting_sources import (
+    ENV_PREFIX,
+    SettingOrigin,
+    read_settings_file,
+    unknown_variable,
+    unparsable_section,
+)
+from worker.setting_sources import SettingsError as SettingsError  # its home for importers
 
-ENV_PREFIX = "ORDERWORKER_"
 SETTINGS_FILE_VARIABLE = "ORDERWORKER_SETTINGS_FILE"
 DEFAULT_SETTINGS_FILE = "settings.toml"
+# The ORDERWORKER_* variables the project reads that are not settings: every other one is refused.
+NOT_SETTINGS = (
+    SETTINGS_FILE_VARIABLE,
+    "ORDERWORKER_STATE_DIR",  # the private local stack's folder (worker/harness/servers.py)
+    "ORDERWORKER_TEST_*",  # the test suite's servers (tests/conftest.py)
+    "ORDERWORKER_BENCH_*",  # the benchmarks' servers (bench/stack.py)
+)
 
 
 def at_most(value: int | None, limit: int, limit_name: str) -> int | None:
@@ -77,10 +93,12 @@ class WorkerTuning(Section):
     retry_max_delay_s: float = Field(default=30.0, gt=0)
     health_interval_s: float = Field(default=5.0, gt=0, le=60)
     # How long a silent replica keeps its claims: another replica then takes its jobs over.
-    lease_s: float = Field(default=3.0, ge=0.1, le=60)
+    lease_s: float = Field(default=2.0, ge=0.1, le=60)
     shutdown_grace_s: float = Field(default=25.0, ge=0)
     keep_result_s: int = Field(default=3600, ge=1)
     max_payload_bytes: int = Field(default=1_048_576, ge=1024)
+    # Where this replica serves Prometheus text at /metrics; 0 serves nothing and counts nothing.
+    metrics_port: int = Field(default=9100, ge=0, le=65535)
     # Of `concurrency`, how many slots batch jobs may take at once; interactive jobs use any.
     # None: a tenth of them, at least one (with a concurrency of 1 the one slot is shared, and
     # each claim takes interactive jobs first).
@@ -136,10 +154,11 @@ class Settings(BaseSettings):
         if not url.startswith("postgresql+asyncpg://"):
             raise ValueError("must start with postgresql+asyncpg://")
         try:
-            make_url(url).port  # noqa: B018 - parsing is the check; a bad port raises
+            # urllib, not SQLAlchemy's make_url: commands that need no engine never import it.
+            urlsplit(url).port  # noqa: B018 - parsing is the check; a bad port raises
         except ValueError:
             raise ValueError("not a valid URL (check the host and port)") from None
-        split_ssl_mode(url)  # libpq's sslmode= is taken; a mode it does not know is refused
+        ssl_mode(url)  # libpq's sslmode= is taken; a mode it does not know is refused
         return value
 
     @field_validator("redis_url")
@@ -173,14 +192,12 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        toml_file = Path(os.environ.get(SETTINGS_FILE_VARIABLE, DEFAULT_SETTINGS_FILE))
         # Earlier sources win: explicit arguments, then the environment, then the file.
-        return (
-            init_settings,
-            env_settings,
-            file_secret_settings,
-            TomlConfigSettingsSource(settings_cls, toml_file=toml_file),
-        )
+        sources = [init_settings, env_settings, file_secret_settings]
+        toml_file = settings_file()
+        if toml_file is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
+        return tuple(sources)
 
 
 def _required(url: SecretStr | None, name: str) -> str:
@@ -189,23 +206,35 @@ def _required(url: SecretStr | None, name: str) -> str:
     return url.get_secret_value()
 
 
-class SettingsError(Exception):
-    """A setting is invalid; the message names it in one line."""
+def settings_file(environ: Mapping[str, str] = os.environ) -> Path | None:
+    """The settings file, by the README's rule: the file ORDERWORKER_SETTINGS_FILE names (which
+    must exist), otherwise settings.toml in the current directory if there is one, otherwise none.
+    Absolute, so that every message about it says which file it was."""
+    given = environ.get(SETTINGS_FILE_VARIABLE)
+    if given is None:
+        default = Path(DEFAULT_SETTINGS_FILE).absolute()
+        return default if default.is_file() else None
+    if not given.strip():
+        raise SettingsError(f"{SETTINGS_FILE_VARIABLE} is empty: name a settings file, or unset it")
+    path = Path(given).expanduser().absolute()
+    if not path.exists():
+        raise SettingsError(f"{SETTINGS_FILE_VARIABLE}: no such file: {path}")
+    if path.is_dir():
+        raise SettingsError(f"{SETTINGS_FILE_VARIABLE}: a directory, not a file: {path}")
+    return path
 
 
 def load_settings(**overrides: object) -> Settings:
-    """Load settings, turning pydantic's multi-line report into one line naming the setting."""
-    settings_file = Path(os.environ.get(SETTINGS_FILE_VARIABLE, DEFAULT_SETTINGS_FILE))
-    if SETTINGS_FILE_VARIABLE in os.environ and not settings_file.is_file():
-        raise SettingsError(f"{SETTINGS_FILE_VARIABLE}: no such file: {settings_file}")
+    """Load settings; any problem is one line naming the variable, or the file and its key."""
+    for name in sorted(os.environ):
+        if (unknown := unknown_variable(name, Settings, NOT_SETTINGS)) is not None:
+            raise SettingsError(unknown)
+    path = settings_file()
+    file_values = read_settings_file(path) if path is not None else {}
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as error:
-        first = error.errors()[0]
-        path = [str(part) for part in first["loc"]]
-        name = ENV_PREFIX + "__".join(path).upper()
-        given = first.get("input")
-        shown = "" if "url" in name.lower() or isinstance(given, dict) else f" (got {given!r})"
-        raise SettingsError(f"invalid setting {name}: {first['msg']}{shown}") from None
-    except ValueError as error:  # e.g. a malformed settings.toml
-        raise SettingsError(f"invalid settings file {settings_file}: {error}") from None
+        origin = SettingOrigin(Settings, overrides, os.environ, file_values, path)
+        raise SettingsError(origin.describe(error.errors()[0])) from None
+    except PydanticSettingsError as error:  # a section given as one variable, not valid JSON
+        raise SettingsError(unparsable_section(str(error))) from None

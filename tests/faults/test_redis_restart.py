@@ -30,6 +30,7 @@ from tests.faults.conftest import (
     wait_for_batch,
 )
 from worker.harness.replicas import Replica
+from worker.liveness import live_replicas
 from worker.replica import MAX_RECONNECT_DELAY_S
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
@@ -107,6 +108,12 @@ async def _completed_exactly(batch: MidBatch, back_at: float) -> None:
         assert worker.alive(), worker.excerpt()
 
 
+def _turned_since(workers: list[Replica], since: float) -> bool:
+    now = time.time()
+    turned = {live.pid for live in live_replicas() if now - live.last_turn_age_s > since}
+    return {worker.pid for worker in workers} <= turned
+
+
 async def test_replicas_survive_a_redis_restart_resume_promptly_and_lose_no_enqueued_job(
     private_stack: PrivateStack, new_scenario: NewScenario
 ) -> None:
@@ -120,6 +127,7 @@ async def test_replicas_survive_a_redis_restart_resume_promptly_and_lose_no_enqu
         )
     )
     await asyncio.to_thread(private_stack.redis.stop)
+    stopped_at = time.time()
     await asyncio.gather(_committed_during_the_outage(low), _committed_during_the_outage(full))
     # Keep Redis down until every replica has hit the outage in its own poll loop: a restart
     # quicker than that would be hidden by the client's reconnects and prove nothing.
@@ -130,6 +138,9 @@ async def test_replicas_survive_a_redis_restart_resume_promptly_and_lose_no_enqu
     )
     for worker in workers:
         assert worker.alive(), worker.excerpt()
+    # Liveness (`health --live`) never depends on Redis: the loops turn on through the outage.
+    turned = "every replica's loop turned while Redis was down"
+    await poll_until(lambda: _turned_since(workers, stopped_at), turned)
     await asyncio.to_thread(private_stack.redis.start)
     back_at = time.monotonic()
     await asyncio.gather(

@@ -18,8 +18,7 @@ from collections.abc import Iterator
 from itertools import cycle, repeat
 
 import pytest
-from sqlalchemy import String, bindparam, text
-from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy import text
 
 from jobs.client import JobOutcome, JobRequest
 from tests.conftest import poll_until
@@ -33,7 +32,9 @@ from tests.faults.conftest import (
     wait_for_batch,
     waiting_on_locks,
 )
-from worker.harness.replicas import Replica
+from worker.harness.checks import OrdersCheck, check_orders
+from worker.harness.replicas import Replica, sample, scrape
+from worker.harness.servers import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
@@ -41,9 +42,6 @@ FREEZE_S = 3 * LEASE_S
 ORDER_JOBS = 300
 BLOCKED_CUSTOMER = 3
 LOCK_CUSTOMER = text("SELECT id FROM customer WHERE id = :id FOR UPDATE")
-ORDERS_PER_JOB = text(
-    "SELECT job_id, count(*) FROM orders WHERE job_id = ANY(:ids) GROUP BY job_id"
-).bindparams(bindparam("ids", type_=ARRAY(String)))
 DEAD_LETTERS = text("SELECT count(*) FROM failed_jobs")
 
 
@@ -80,10 +78,31 @@ def assert_taken_over(victim: Replica, survivor: Replica, blocked: list[str]) ->
     assert victim.alive() and survivor.alive(), victim.excerpt()
 
 
+def assert_counted(
+    ports: tuple[int, int], replicas: tuple[Replica, Replica], function: str, jobs: int
+) -> None:
+    """The metrics say the same: leases lost and reclaimed, and each job counted once, by the
+    replica whose outcome was kept."""
+    victim, survivor = replicas
+    victim_samples, survivor_samples = scrape(ports[0]), scrape(ports[1])
+    lost = len(victim.events("job.lease_lost"))
+    reclaimed = sum(len(event["job_ids"]) for event in survivor.events("job.reclaimed"))
+    assert sample(victim_samples, "orderworker_leases_lost_total") == lost > 0
+    assert sample(survivor_samples, "orderworker_leases_reclaimed_total") == reclaimed
+    successes = [
+        sample(samples, "orderworker_jobs_total", function=function, outcome="success")
+        for samples in (victim_samples, survivor_samples)
+    ]
+    assert sum(successes) == jobs, successes
+
+
 async def test_a_frozen_replica_places_no_order_twice_and_no_job_fails(
     scenario: FaultScenario,
 ) -> None:
-    victim, survivor = await asyncio.gather(scenario.spawn(), scenario.spawn())
+    ports = (free_port(), free_port())
+    victim, survivor = await asyncio.gather(
+        *(scenario.spawn(ORDERWORKER_WORKER__METRICS_PORT=str(port)) for port in ports)
+    )
     client, engine = scenario.client, scenario.engine
     lock = await engine.connect()
     await lock.execute(LOCK_CUSTOMER, {"id": BLOCKED_CUSTOMER})
@@ -114,11 +133,12 @@ async def test_a_frozen_replica_places_no_order_twice_and_no_job_fails(
 
     assert [o.result for o in outcomes.values() if not o.success] == []
     async with engine.connect() as connection:
-        rows = (await connection.execute(ORDERS_PER_JOB, {"ids": job_ids})).all()
-        per_job = {str(job_id): int(count) for job_id, count in rows}
         assert (await connection.execute(DEAD_LETTERS)).scalar_one() == 0
-    assert per_job == dict.fromkeys(job_ids, 1)  # every order placed exactly once
+    reported = {job_id: outcome.result.get("order_id") for job_id, outcome in outcomes.items()}
+    placed = await check_orders(engine, reported)  # every order placed once, the one reported
+    assert placed == OrdersCheck(jobs=len(job_ids), duplicates=0, lost=0, misreported=0)
     assert_taken_over(victim, survivor, [request.job_id for request in blocked])
+    assert_counted(ports, (victim, survivor), "place_order", len(job_ids))
 
 
 async def test_a_frozen_replica_leaves_a_totals_batch_exact(scenario: FaultScenario) -> None:

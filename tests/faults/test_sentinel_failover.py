@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 from arq.constants import job_key_prefix
 from redis.asyncio import Redis
-from redis.asyncio.sentinel import SentinelConnectionPool
 from redis.exceptions import WatchError
 
 from jobs.client import OrderClient
@@ -108,8 +107,6 @@ async def test_a_sentinel_failover_mid_batch_loses_no_chunk_and_few_enqueues(
         lost = await _fail_over_mid_batch(sentinel_set, sentinel, scenario, producers)
     finally:
         await sentinel.aclose()
-        for client in (producers.client, scenario.client):
-            await close_sentinel_connections(client)
         await producers.client.close()
     acknowledged = len(producers.acknowledged)
     print(f"sentinel failover: {len(lost)} of {acknowledged} acknowledged enqueues lost")
@@ -147,9 +144,24 @@ async def _fail_over_mid_batch(
         await primary.aclose()
 
 
-async def close_sentinel_connections(client: OrderClient) -> None:
-    """arq's Sentinel pool closes its connections to the primary but never those to Sentinel."""
-    pool = client.redis.connection_pool
-    assert isinstance(pool, SentinelConnectionPool)
-    for connection in pool.sentinel_manager.sentinels:
-        await connection.aclose()
+async def sentinel_clients(sentinel: Redis) -> int:
+    """Connections Sentinel has from clients, besides the one asking."""
+    return len(await sentinel.client_list()) - 1
+
+
+async def test_a_closed_client_leaves_no_connection_to_sentinel(
+    sentinel_set: SentinelSet,
+) -> None:
+    sentinel = Redis.from_url(sentinel_set.sentinel_url, decode_responses=True)
+    try:
+        client = await OrderClient.connect(redis_settings_from_url(sentinel_set.url), "probe")
+        await client.enqueue("compute_order_total", order_id=1)  # found the primary through it
+        assert await sentinel_clients(sentinel) >= 1
+        await client.close()
+        await poll_until(lambda: _none_left(sentinel), "the client's Sentinel connections closed")
+    finally:
+        await sentinel.aclose()
+
+
+async def _none_left(sentinel: Redis) -> bool:
+    return await sentinel_clients(sentinel) == 0

@@ -54,6 +54,12 @@ async def test_sigterm_finishes_in_flight_jobs_takes_no_new_ones_and_exits_0(
     [started_draining] = draining.events("worker.draining")
     [drained] = draining.events("worker.drained")
     assert (started_draining["in_flight"], drained["requeued"]) == (CONCURRENCY, 0)
+    assert drained["requeued_job_ids"] == []
+    [started] = draining.events("worker.started")
+    assert {line.get("replica_id") for line in draining.events()} == {started["replica_id"]}
+    chunk_lines = [line for line in draining.events() if line.get("job") == "compute_batch_totals"]
+    assert chunk_lines
+    assert {line.get("batch_id") for line in chunk_lines} == {stalled.run.summary.batch_id}
     events = [event["event"] for event in draining.events()]
     finished_while_draining = events[events.index("worker.draining") :].count("job.done")
     assert finished_while_draining == CONCURRENCY
@@ -89,7 +95,9 @@ async def test_a_job_cut_off_by_the_grace_period_is_requeued_without_using_a_try
 
     assert_clean_log(stopping)
     [drained] = stopping.events("worker.drained")
-    assert drained["requeued"] == 1
+    assert (drained["requeued"], drained["requeued_job_ids"]) == (1, [job_id])
+    [stopped] = stopping.events("worker.stopped")
+    assert stopped["jobs_retried"] == 0  # requeued by the drain, without using a try
     assert await redis.get(retry_key_prefix + job_id) == b"0"  # the try was given back
     assert not await redis.exists(in_progress_key_prefix + job_id)
     assert job_id in await queued_ids(redis, scenario.client.queue_name)  # still queued

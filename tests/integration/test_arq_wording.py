@@ -1,6 +1,7 @@
 """arq's wording, produced by arq itself: the failures it decides (expired, unknown function, max
-tries exceeded, its own timeout) get our codes and dead letters, and its log line for a failed job
-is the one the log filter drops. If an arq upgrade changes a text, these fail."""
+tries exceeded, its own timeout, a payload it cannot decode) get our codes and dead letters; its
+line for each failure it decides is read as one `job.failed` line, and its line for a failed job is
+the one the log filter drops. If an arq upgrade changes a text, these fail."""
 
 from __future__ import annotations
 
@@ -18,9 +19,9 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from db.failed_jobs import list_failures
-from jobs.client import OrderClient
+from jobs.client import JobOutcome, OrderClient
 from tests.conftest import StartWorker, poll_until
-from worker.arq_seam.wording import is_arq_job_failure_line
+from worker.arq_seam.wording import arq_job_failure_fields, is_arq_job_failure_line
 from worker.settings import Settings
 
 Sessions = async_sessionmaker[AsyncSession]
@@ -43,28 +44,80 @@ async def dead_letter(sessionmaker: Sessions, job_id: str) -> tuple[str, str, st
     return row.function, row.error_code, row.error_message, row.tries
 
 
+def arq_line_fields(caplog: pytest.LogCaptureFixture, job_id: str) -> dict[str, Any] | None:
+    """How the log filter reshapes arq's one line about the job."""
+    [record] = [
+        record
+        for record in caplog.records
+        if record.name.startswith("arq.") and job_id in record.getMessage()
+    ]
+    return arq_job_failure_fields(record)
+
+
+async def run_raw(
+    client: OrderClient, redis: Redis, caplog: pytest.LogCaptureFixture, data: bytes | None
+) -> tuple[str, JobOutcome]:
+    """Queue a job as raw bytes (none: only its id) and wait for its outcome, arq's lines kept."""
+    job_id = f"raw-{uuid.uuid4().hex}"
+    with caplog.at_level(logging.WARNING, logger="arq.worker"):
+        if data is not None:
+            await redis.set(job_key_prefix + job_id, data, px=60_000)
+        await redis.zadd(client.queue_name, {job_id: int(time.time() * 1000)})
+        return job_id, await client.wait(job_id, WAIT_S)
+
+
 async def test_a_job_whose_envelope_expired(
-    start_worker: StartWorker, client: OrderClient, redis: Redis, sessionmaker: Sessions
+    start_worker: StartWorker,
+    client: OrderClient,
+    redis: Redis,
+    sessionmaker: Sessions,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     await start_worker()
-    job_id = f"expired-{uuid.uuid4().hex}"
-    await redis.zadd(client.queue_name, {job_id: int(time.time() * 1000)})  # no arq:job:<id>
-    outcome = await client.wait(job_id, WAIT_S)
+    job_id, outcome = await run_raw(client, redis, caplog, None)  # no arq:job:<id>
     assert outcome.result == {"code": "expired", "message": "job expired"}
     assert await dead_letter(sessionmaker, job_id) == ("<unknown>", "expired", "job expired", 1)
+    assert arq_line_fields(caplog, job_id) == {
+        "job_id": job_id,
+        "code": "expired",
+        "message": "job expired",
+    }
 
 
 async def test_a_job_for_an_unknown_function(
-    start_worker: StartWorker, client: OrderClient, redis: Redis, sessionmaker: Sessions
+    start_worker: StartWorker,
+    client: OrderClient,
+    redis: Redis,
+    sessionmaker: Sessions,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     await start_worker()
-    job_id = f"unknown-{uuid.uuid4().hex}"
-    await redis.set(job_key_prefix + job_id, envelope("nope"), px=60_000)
-    await redis.zadd(client.queue_name, {job_id: int(time.time() * 1000)})
-    outcome = await client.wait(job_id, WAIT_S)
+    job_id, outcome = await run_raw(client, redis, caplog, envelope("nope"))
     message = "function 'nope' not found"
     assert outcome.result == {"code": "unknown_function", "message": message}
     assert await dead_letter(sessionmaker, job_id) == ("nope", "unknown_function", message, 1)
+    assert arq_line_fields(caplog, job_id) == {
+        "job_id": job_id,
+        "job": "nope",
+        "code": "unknown_function",
+        "message": message,
+    }
+
+
+async def test_a_job_whose_payload_cannot_be_decoded(
+    start_worker: StartWorker, client: OrderClient, redis: Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    await start_worker()
+    job_id, outcome = await run_raw(client, redis, caplog, b"{not json")
+    assert outcome.result is not None and outcome.result["code"] == "undecodable_payload"
+    fields = arq_line_fields(caplog, job_id)
+    assert fields == {
+        "job_id": job_id,
+        "error_type": "DeserializationError",
+        "code": "undecodable_payload",
+        "message": outcome.result["message"],
+    }
+    assert "not valid JSON" in fields["message"]
 
 
 async def test_a_job_past_its_tries(
@@ -74,6 +127,7 @@ async def test_a_job_past_its_tries(
     client: OrderClient,
     redis: Redis,
     sessionmaker: Sessions,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     await start_worker()
     max_tries = settings.worker.max_tries
@@ -81,7 +135,8 @@ async def test_a_job_past_its_tries(
     await redis.set(retry_key_prefix + job_id, str(max_tries), px=60_000)  # every try used
     await redis.set(job_key_prefix + job_id, envelope("compute_order_total", order_id=1))
     await redis.zadd(client.queue_name, {job_id: int(time.time() * 1000)})
-    outcome = await client.wait(job_id, WAIT_S)
+    with caplog.at_level(logging.WARNING, logger="arq.worker"):
+        outcome = await client.wait(job_id, WAIT_S)
     message = f"max {max_tries} retries exceeded"
     assert outcome.result == {"code": "retries_exhausted", "message": message}
     assert await dead_letter(sessionmaker, job_id) == (
@@ -90,6 +145,12 @@ async def test_a_job_past_its_tries(
         message,
         max_tries + 1,
     )
+    assert arq_line_fields(caplog, job_id) == {
+        "job_id": job_id,
+        "job": "compute_order_total",
+        "code": "retries_exhausted",
+        "message": message,
+    }
 
 
 async def test_arqs_own_timeout_is_recorded_and_its_log_line_recognised(

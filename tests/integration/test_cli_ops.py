@@ -132,7 +132,9 @@ async def test_health_follows_a_replica_from_absent_to_live_and_back(
     gone = await cli(settings, "health", "--json")
 
     assert gone.returncode == 1
-    assert json.loads(gone.stdout) == {"healthy": False, "replicas": []}
+    error = {"code": "no_live_replica", "message": "no live worker replica"}
+    assert json.loads(gone.stdout) == {"healthy": False, "replicas": [], "error": error}
+    assert gone.stderr == "orderworker: no_live_replica: no live worker replica\n"
 
 
 # ---------------------------------------------------------------- worker start and stop

@@ -17,7 +17,7 @@ from db.seed import generate_orders
 from tests.conftest import StartWorker, cli_env, poll_until, queued_ids, run_cli
 from worker.settings import Settings
 
-SUMMARY_FIELDS = {"batch_id", "requested", "computed", "missing", "failed", "total_sum"}
+SUMMARY_FIELDS = {"batch_id", "state", "requested", "computed", "missing", "failed", "total_sum"}
 GENERATED_ORDERS = 3000
 BAR_CHARACTERS = "━█▏▎▍▌▋▊▉╸╺"
 
@@ -79,6 +79,7 @@ async def test_totals_json_summarises_computed_and_missing_orders(
     assert summary["missing"] == [999]
     assert summary["failed"] == []
     assert summary["total_sum"] == "42.00"
+    assert summary["state"] == "done"
     assert await stored_totals(sessionmaker) == {
         1: Decimal("30.00"),
         2: Decimal("12.00"),
@@ -199,8 +200,10 @@ async def test_totals_no_wait_submits_and_the_worker_does_the_jobs_later(
     summary = json.loads(result.stdout)
     assert summary["batch_id"]
     assert summary["requested"] == 3
-    assert set(summary) == {"batch_id", "requested", "computed", "missing", "failed", "total_sum"}
+    assert set(summary) == SUMMARY_FIELDS
     assert "3 orders in 2 jobs submitted" in result.stderr
+    # Not a finished empty batch: queued, with nothing computed yet.
+    assert summary["state"] == "queued"
     assert summary["computed"] == 0
     assert len(await queued_ids(redis, settings.queue_name)) == 2
 

@@ -72,7 +72,11 @@ async def test_a_drain_at_any_moment_ends_cleanly_and_requeues_without_using_a_t
         await stop_at_a_racy_moment(worker, rng)
         await asyncio.wait_for(run, 30)  # raises whatever escaped the replica
         assert worker.stopping
-        requeued_in_all += await assert_finished_or_requeued(redis, queue_name, job_ids)
+        unfinished = await assert_finished_or_requeued(redis, queue_name, job_ids)
+        assert len(worker.drain.requeued) <= unfinished
+        assert set(worker.drain.requeued) <= set(await queued_ids(redis, queue_name))
+        assert worker.jobs_retried == 0  # a requeued job used no try: it was not retried
+        requeued_in_all += unfinished
         # The next round starts from empty lanes.
         await redis.delete(queue_name, lane_queue(queue_name, "batch"))
     assert requeued_in_all > 0  # the rounds did stop mid-batch

@@ -49,6 +49,31 @@ async def test_place_order_result_shape_and_idempotency(
     assert await row_counts(sessionmaker) == before
 
 
+async def test_place_order_with_a_used_key_and_another_basket_fails_as_bad_input(
+    seeded: None, client: OrderClient, start_worker: StartWorker, sessionmaker: Sessions
+) -> None:
+    worker = await start_worker()
+    lines = [{"item_id": 3, "quantity": 2}]
+    first = await client.wait(await client.place_order(2, lines, idempotency_key="cart"), WAIT_S)
+    assert first.success, first.result
+    before = await row_counts(sessionmaker)
+    other = [{"item_id": 3, "quantity": 3}]
+    job_id = await client.place_order(2, other, idempotency_key="cart")
+    outcome = await client.wait(job_id, WAIT_S)
+    assert not outcome.success
+    assert outcome.result == {
+        "code": "idempotency_conflict",
+        "message": "idempotency key 'cart' was first used with other lines;"
+        " send a new key for a new order",
+    }
+    assert worker.jobs_retried == 0
+    assert await row_counts(sessionmaker) == before
+    async with sessionmaker() as session:
+        failed = await list_failures(session, job_ids=[job_id])
+    # Recorded as failed on its first try, never retried.
+    assert [(row.error_code, row.tries) for row in failed] == [("idempotency_conflict", 1)]
+
+
 async def test_compute_order_total_result_shape(
     seeded: None, client: OrderClient, start_worker: StartWorker, sessionmaker: Sessions
 ) -> None:

@@ -48,6 +48,22 @@ async def test_claims_of_a_replica_without_a_lease_are_taken_over(
     await redis.delete(*(lease_key(queue_name, r) for r in (LIVE, US)))
 
 
+async def test_a_claim_held_elsewhere_is_passed_over_unread_until_it_is_looked_at_again(
+    redis: Redis, queue_name: str
+) -> None:
+    """Another replica's running jobs cost a look per recheck period, not one per claim."""
+    now = int(time.time() * 1000)
+    [held] = named(queue_name, "held")
+    await queue_jobs(redis, queue_name, {held: now})
+    await redis.set(in_progress_key_prefix + held, LIVE, px=TTL_MS)
+    claims = LaneClaims(redis, queue_name, US, held_recheck_s=3600)
+    assert (await claim(claims, now)).jobs() == []
+    await redis.delete(in_progress_key_prefix + held)  # given back: free for anyone
+    assert (await claim(claims, now)).jobs() == []  # passed over: not looked at again yet
+    claims.held_recheck_s = 0
+    assert (await claim(claims, now)).jobs() == [(held, now, "interactive")]
+
+
 async def test_a_finish_without_the_lease_writes_nothing(redis: Redis, queue_name: str) -> None:
     job_id, other = named(queue_name, "taken-over", "other")
     await queue_jobs(redis, queue_name, {job_id: 1, other: 2})

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from decimal import Decimal
 
 import pytest
@@ -12,7 +11,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from db.engine import create_sessionmaker
 from db.orders import (
-    IdempotencyConflictError,
     OrderLine,
     UnknownCustomerError,
     UnknownItemsError,
@@ -195,50 +193,6 @@ async def test_unknown_items_are_refused_and_nothing_written(
         await place(sessionmaker, 1, {1: 1, 98: 2, 97: 1}, key="refused-items")
     assert raised.value.item_ids == [97, 98]
     assert await row_counts(sessionmaker) == before
-
-
-async def test_repeated_idempotency_key_returns_the_first_order(
-    seeded: None, sessionmaker: Sessions
-) -> None:
-    first_id, first_total, first_created = await place(sessionmaker, 1, {2: 3}, key="k-1")
-    before = await row_counts(sessionmaker)
-    # Different lines under the same key: still the first order, never a second one.
-    again_id, again_total, again_created = await place(sessionmaker, 1, {3: 9}, key="k-1")
-    assert (first_created, again_created) == (True, False)
-    assert again_id == first_id
-    assert again_total == first_total == Decimal("3.00")
-    assert await row_counts(sessionmaker) == before
-
-
-async def test_a_key_of_another_customer_is_refused_and_nothing_written(
-    seeded: None, sessionmaker: Sessions
-) -> None:
-    await place(sessionmaker, 1, {2: 3}, key="shared-key")
-    before = await row_counts(sessionmaker)
-    with pytest.raises(IdempotencyConflictError, match="shared-key"):
-        await place(sessionmaker, 2, {2: 3}, key="shared-key")
-    assert await row_counts(sessionmaker) == before
-
-
-async def test_concurrent_placements_with_one_key_make_one_order(
-    seeded: None, sessionmaker: Sessions
-) -> None:
-    before = await row_counts(sessionmaker)
-    placed = await asyncio.gather(
-        place(sessionmaker, 1, {1: 1, 4: 2}, key="race"),
-        place(sessionmaker, 1, {1: 1, 4: 2}, key="race"),
-    )
-    assert placed[0][0] == placed[1][0]
-    assert sorted(created for _, _, created in placed) == [False, True]
-    assert {total for _, total, _ in placed} == {Decimal("9.00")}
-    after = await row_counts(sessionmaker)
-    assert after["orders"] == before["orders"] + 1
-    assert after["order_items"] == before["order_items"] + 2
-    async with sessionmaker() as session:
-        keyed = await session.execute(
-            text("SELECT count(*) FROM orders WHERE idempotency_key = 'race'")
-        )
-        assert keyed.scalar_one() == 1
 
 
 async def test_one_cent_order_is_exact(sessionmaker: Sessions) -> None:

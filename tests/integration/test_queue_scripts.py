@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 
 from arq.constants import (
     abort_jobs_ss,
@@ -43,9 +43,12 @@ def claim(
     batch_free: int = 5,
     read_limit: int = 100,
     may_reclaim: bool = False,
+    running: Sequence[str] = (),
 ) -> Awaitable[LaneClaim]:
-    limits = {"free": free, "batch_free": batch_free, "read_limit": read_limit}
-    return claims.claim(**limits, now_ms=now, in_progress_ttl_ms=TTL_MS, may_reclaim=may_reclaim)
+    limits = {"free": free, "batch_free": batch_free, "read_limit": read_limit, "now_ms": now}
+    return claims.claim(
+        **limits, in_progress_ttl_ms=TTL_MS, may_reclaim=may_reclaim, running=running
+    )
 
 
 async def test_claims_due_jobs_in_order_up_to_the_free_slots(redis: Redis, queue_name: str) -> None:
@@ -114,6 +117,27 @@ async def test_a_batch_job_running_elsewhere_is_not_moved(redis: Redis, queue_na
     # A plain arq worker runs it: its finish removes it from arq's queue, where it still is.
     assert await redis.zscore(queue_name, running) == now
     await redis.delete(job_key_prefix + running, in_progress_key_prefix + running)
+
+
+async def test_passes_our_running_jobs_without_a_look_and_reads_no_further_than_needed(
+    redis: Redis, queue_name: str
+) -> None:
+    """Per poll the script costs what it claims, not what it passes: our own running jobs are
+    skipped unread (here: one whose claim is gone is still not taken), and the read stops at the
+    last free slot, so a batch job beyond it stays where it is until a later claim reaches it."""
+    now = int(time.time() * 1000)
+    ours, due, beyond = named(queue_name, "ours", "due", "beyond")
+    await queue_jobs(redis, queue_name, {ours: now - 3, due: now - 2, beyond: now - 1})
+    await redis.set(job_key_prefix + beyond, envelope("compute_batch_totals"), px=TTL_MS)
+    claims = LaneClaims(redis, queue_name, REPLICA)
+    claimed = await claim(claims, now, free=1, running=[ours])
+    assert claimed.jobs() == [(due, now - 2, "interactive")]
+    assert not await redis.exists(in_progress_key_prefix + ours)
+    assert await redis.zscore(queue_name, beyond) == now - 1  # not moved yet
+    moved = await claim(claims, now, batch_free=0)
+    assert moved.jobs() == [(ours, now - 3, "interactive")]  # no longer named as ours
+    assert await redis.zscore(lane_queue(queue_name, "batch"), beyond) == now - 1
+    await redis.delete(job_key_prefix + beyond)
 
 
 async def next_message(pubsub: PubSub, timeout_s: float = 5.0) -> bytes | None:

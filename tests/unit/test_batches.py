@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import time
 from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import Any
@@ -11,8 +12,15 @@ from typing import Any
 import pytest
 from arq import ArqRedis
 from arq.constants import job_key_prefix
+from redis.exceptions import ConnectionError as RedisConnectionError
 
-from jobs.batches import BatchRun, BatchSummary, chunk_job_id, chunked
+from jobs.batches import (
+    BatchRun,
+    BatchSummary,
+    ResultsUnreachableError,
+    chunk_job_id,
+    chunked,
+)
 from jobs.client import OrderClient
 from jobs.lanes import lane_queue
 from tests.unit.conftest import UNIT_QUEUE, store_result
@@ -101,6 +109,7 @@ async def test_the_summary_adds_up_chunk_results_as_decimal(
     assert seen == [3]
     assert summary.as_json() == {
         "batch_id": "b1",
+        "state": "failed",
         "requested": 6,
         "computed": 3,
         "missing": [4],
@@ -137,6 +146,7 @@ async def test_wait_marks_unfinished_chunks_as_timed_out(
         {"job_id": "totals:slow:2", "error": timeout},
     ]
     assert summary.as_json()["total_sum"] == "12.00"
+    assert summary.state == "running"  # not done: the unfinished chunks may still finish
 
 
 async def test_an_all_good_batch_sums_sorted_missing_and_two_decimals(
@@ -148,6 +158,7 @@ async def test_an_all_good_batch_sums_sorted_missing_and_two_decimals(
     await store_result(fake_redis, "totals:ok:1", chunk_result(1, "12", missing=[8]))
     await run.wait(timeout_s=5)
     assert run.summary.ok
+    assert run.summary.state == "done"
     assert run.summary.as_json()["missing"] == [8, 9]
     assert run.summary.as_json()["total_sum"] == "42.00"
     assert run.summary.total_sum == Decimal("42.00")
@@ -156,6 +167,7 @@ async def test_an_all_good_batch_sums_sorted_missing_and_two_decimals(
 def test_an_empty_summary_is_zero_with_two_decimals() -> None:
     assert BatchSummary(batch_id="none").as_json() == {
         "batch_id": "none",
+        "state": "queued",
         "requested": 0,
         "computed": 0,
         "missing": [],
@@ -170,3 +182,39 @@ async def test_waiting_on_an_empty_batch_returns_at_once(order_client: OrderClie
     await run.wait()
     assert run.summary.ok
     assert run.summary.finished_jobs == 0
+
+
+async def test_wait_gives_up_once_redis_stays_unreachable_past_the_bound(
+    order_client: OrderClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = BatchRun(order_client, batch_id="cut-off")
+    await run.submit_chunks([[1], [2]])
+
+    async def unreachable(job_ids: list[str]) -> dict[str, Any]:
+        raise RedisConnectionError("Connection refused")
+
+    monkeypatch.setattr(order_client, "outcomes", unreachable)
+    started = time.monotonic()
+    with pytest.raises(ResultsUnreachableError, match="cut-off"):
+        await run.wait(timeout_s=30, unreachable_s=0.3)
+    assert time.monotonic() - started < 5  # the bound, not the timeout, ended the wait
+    assert run.summary.failed == []  # nothing is claimed about chunks it could not read
+
+
+async def test_a_redis_blip_shorter_than_the_bound_is_waited_out(
+    order_client: OrderClient, fake_redis: ArqRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = BatchRun(order_client, batch_id="blip")
+    await run.submit_chunks([[1]])
+    failures = iter([True, True])
+    read = order_client.outcomes
+
+    async def flaky(job_ids: list[str]) -> dict[str, Any]:
+        if next(failures, False):
+            raise RedisConnectionError("Connection refused")
+        return await read(job_ids)
+
+    monkeypatch.setattr(order_client, "outcomes", flaky)
+    await store_result(fake_redis, "totals:blip:0", chunk_result(1, "30.00"))
+    await run.wait(timeout_s=30, unreachable_s=10)
+    assert (run.summary.state, run.summary.computed) == ("done", 1)

@@ -22,11 +22,14 @@ from worker.harness.servers import free_port
 
 @pytest.fixture(autouse=True)
 def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """No ORDERWORKER_* variable from the outside, Redis on a closed port, logging left alone."""
+    """No ORDERWORKER_* variable from the outside, both servers on closed ports, logging left
+    alone."""
     for name in list(os.environ):
         if name.startswith("ORDERWORKER_"):
             monkeypatch.delenv(name)
     monkeypatch.setenv("ORDERWORKER_REDIS_URL", f"redis://127.0.0.1:{free_port()}/0")
+    database_url = f"postgresql+asyncpg://app@127.0.0.1:{free_port()}/orders"
+    monkeypatch.setenv("ORDERWORKER_DATABASE_URL", database_url)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr("worker.cli.runtime.configure_logging", lambda level, fmt: None)
 

@@ -16,6 +16,7 @@ from db.connect_errors import (
     connect_error,
 )
 from db.engine import create_engine
+from db.ssl_modes import ssl_mode
 from db.urls import split_ssl_mode
 from jobs.errors import error_document, is_transient
 
@@ -110,6 +111,16 @@ def test_a_url_without_sslmode_is_left_as_it_is() -> None:
 def test_an_sslmode_asyncpg_cannot_take_is_refused(query: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         split_ssl_mode(f"postgresql+asyncpg://app@db/orders?{query}")
+    with pytest.raises(ValueError, match=message):  # the settings' check, without SQLAlchemy
+        ssl_mode(f"postgresql+asyncpg://app@db/orders?{query}")
+
+
+def test_the_settings_check_reads_the_mode_the_engine_takes() -> None:
+    for url in (
+        "postgresql+asyncpg://app@db/orders?x=1&sslmode=verify-ca",
+        "postgresql+asyncpg://app@db/orders",
+    ):
+        assert ssl_mode(url) == split_ssl_mode(url)[1]
 
 
 class Captured(Exception):

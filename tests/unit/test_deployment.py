@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -20,6 +21,8 @@ COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
 DOCKERFILE = REPO_ROOT / "Dockerfile"
 LONG_RUNNING = ("postgres", "redis", "worker", "pgbouncer")
 IMAGE_SERVICES = ("migrate", "worker")  # built from the Dockerfile: ENTRYPOINT ["orderworker"]
+# The replica's loop turning (a local file) and PostgreSQL and Redis answering now.
+PROBES = ["orderworker", "health", "--live", "--ready"]
 
 
 def compose() -> dict[str, Any]:
@@ -191,3 +194,46 @@ def test_cli_has_every_deployed_command() -> None:
         # The whole argument list, options included, parses (click parses all before --help acts).
         result = CliRunner().invoke(app, [*invocation, "--help"], prog_name="orderworker")
         assert result.exit_code == 0, f"orderworker {' '.join(invocation)}: {result.output}"
+
+
+def test_the_image_and_compose_probe_the_loop_and_both_servers() -> None:
+    assert dockerfile_exec_form("HEALTHCHECK") == PROBES
+    assert service("worker")["healthcheck"]["test"] == ["CMD", *PROBES]
+
+
+def test_the_liveness_probe_needs_no_server_and_no_url(tmp_path: Path) -> None:
+    """With no URL set and no replica, `--live` says so and exits 1: never 2 for a missing URL."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("ORDERWORKER_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "worker", "health", "--live"],
+        cwd=tmp_path,
+        env={**env, "TMPDIR": str(tmp_path), "PYTHONPATH": str(REPO_ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1, result.stderr
+    assert result.stderr == "not live: no replica on this host turned its loop lately\n"
+
+
+def test_the_image_compiles_bytecode_at_build_time() -> None:
+    """The builder compiles every installed module; the final stage copies its virtualenv."""
+    instructions = dockerfile_instructions()
+    stages = [index for index, (name, _) in enumerate(instructions) if name == "FROM"]
+    builder = instructions[stages[0] : stages[1]]
+    assert any(name == "ENV" and "UV_COMPILE_BYTECODE=1" in args for name, args in builder)
+    final = instructions[stages[1] :]
+    assert ("COPY", "--from=builder /app/.venv /app/.venv") in final
+
+
+def test_the_demo_in_the_image_keeps_its_state_where_the_user_may_write() -> None:
+    """/app is root's; `orderworker demo` (with URLs set) writes its replicas' logs elsewhere."""
+    environment = " ".join(args for name, args in dockerfile_instructions() if name == "ENV")
+    assert "ORDERWORKER_STATE_DIR=/tmp/" in environment
+
+
+def test_redis_is_published_to_producers_on_the_host_on_loopback_only() -> None:
+    [published] = service("redis")["ports"]
+    assert interpolated(published, {}) == "127.0.0.1:6379:6379"
+    assert interpolated(published, {"REDIS_PORT": "6390"}) == "127.0.0.1:6390:6379"

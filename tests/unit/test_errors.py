@@ -30,7 +30,13 @@ from jobs.errors import (
     error_document,
     is_transient,
 )
-from jobs.models import ComputeOrderTotalPayload, OrderTotalResult, PlaceOrderPayload
+from jobs.models import (
+    BatchTotalsResult,
+    ComputeBatchTotalsPayload,
+    ComputeOrderTotalPayload,
+    OrderTotalResult,
+    PlaceOrderPayload,
+)
 from jobs.runner import JobEntry, backoff_delay, job_entry
 
 SUMMARY_EVENTS = {"job.done", "job.failed", "job.retrying", "job.gave_up", "job.crashed"}
@@ -326,3 +332,35 @@ async def test_the_wrapper_unbinds_only_its_own_context() -> None:
         assert structlog.contextvars.get_contextvars() == {"replica_id": "r-1"}
     finally:
         structlog.contextvars.clear_contextvars()
+
+
+async def test_chunk_job_lines_name_their_batch_and_concurrent_jobs_keep_their_own() -> None:
+    both_running = asyncio.Barrier(2)
+
+    async def chunk(ctx: JobContext, payload: ComputeBatchTotalsPayload) -> BatchTotalsResult:
+        await both_running.wait()  # the other job has bound its fields by now
+        structlog.get_logger("orderworker.test").info("batch.chunk_step")
+        return BatchTotalsResult(
+            batch_id=payload.batch_id or "", computed=0, missing=[], total_sum=Decimal("0")
+        )
+
+    entry = job_entry("compute_batch_totals", ComputeBatchTotalsPayload, chunk)
+    alone = {**job_ctx(), "job_id": "job-alone"}
+    with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
+        await asyncio.gather(
+            asyncio.create_task(entry(job_ctx(), order_ids=[1], batch_id="batch-a")),
+            asyncio.create_task(entry(alone, order_ids=[2], batch_id=None)),
+        )
+    named = {(line["event"], line["job_id"], line.get("batch_id")) for line in logs}
+    assert named == {
+        ("batch.chunk_step", "job-1", "batch-a"),
+        ("job.done", "job-1", "batch-a"),
+        ("batch.chunk_step", "job-alone", "job-alone"),  # a chunk sent alone is its own batch
+        ("job.done", "job-alone", "job-alone"),
+    }
+    assert "batch_id" not in structlog.contextvars.get_contextvars()
+
+
+async def test_other_jobs_lines_carry_no_batch() -> None:
+    _, line = await run_logged(THIRTY, job_ctx(), order_id=1)
+    assert "batch_id" not in line

@@ -14,6 +14,8 @@ import yaml
 from sqlalchemy import make_url
 
 from jobs.connection import redis_settings_from_url
+from worker.metrics import QUEUE_GAUGE_NAMES
+from worker.readiness import READY_TIMEOUT_S
 from worker.settings import load_settings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -64,13 +66,16 @@ def test_every_core_resource_is_valid_against_the_kubernetes_schema(
     kubernetes_validate.validate(manifest, KUBERNETES_VERSION, strict=True)
 
 
-def test_the_worker_runs_non_root_with_a_local_liveness_probe_and_requests() -> None:
+def test_the_worker_runs_non_root_with_probes_and_requests() -> None:
     deployment = resource("Deployment", "orderworker-worker")
     pod = deployment["spec"]["template"]["spec"]
     worker = container(deployment)
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["runAsUser"] == 10001  # the Dockerfile's USER
-    assert worker["livenessProbe"]["exec"]["command"] == ["orderworker", "health", "--local"]
+    # Liveness reads a local file only: an outage of PostgreSQL or Redis never restarts a pod.
+    assert worker["livenessProbe"]["exec"]["command"] == ["orderworker", "health", "--live"]
+    assert worker["readinessProbe"]["exec"]["command"] == ["orderworker", "health", "--ready"]
+    assert worker["readinessProbe"]["timeoutSeconds"] > READY_TIMEOUT_S
     assert {"cpu", "memory"} <= worker["resources"]["requests"].keys()
     assert pod["terminationGracePeriodSeconds"] > 25  # worker.shutdown_grace_s drains first
     sources = {next(iter(ref.values()))["name"] for ref in worker["envFrom"]}
@@ -126,7 +131,14 @@ def test_the_metrics_port_is_the_one_the_pods_declare() -> None:
     ports = {port["name"]: port["containerPort"] for port in container(deployment)["ports"]}
     annotations = deployment["spec"]["template"]["metadata"]["annotations"]
     assert ports["metrics"] == int(annotations["prometheus.io/port"])
-    assert "ORDERWORKER_WORKER__METRICS_PORT" not in settings  # not a setting yet: see below
+    assert annotations["prometheus.io/path"] == "/metrics"
+    assert int(settings["ORDERWORKER_WORKER__METRICS_PORT"]) == ports["metrics"]
+
+
+def test_the_scaled_object_reads_a_gauge_the_replicas_serve() -> None:
+    query = resource("ScaledObject", "orderworker-worker")["spec"]["triggers"][0]["metadata"]
+    assert set(QUEUE_GAUGES) <= set(QUEUE_GAUGE_NAMES)  # worker/metrics.py serves them
+    assert any(gauge in query["query"] for gauge in QUEUE_GAUGE_NAMES)
 
 
 def test_the_configmap_passes_only_settings_the_worker_accepts(

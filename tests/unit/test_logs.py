@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import structlog
+from arq.jobs import DeserializationError
 
 from worker.logs import configure_logging, redact_secrets
 
@@ -157,5 +158,71 @@ def test_arq_copies_of_job_failures_are_dropped_other_arq_lines_kept(
         raise ValueError("bad input")
     except ValueError:
         arq_worker.exception("  0.01s ! abc:place_order failed, ValueError: bad input")
-    arq_worker.warning("job abc expired")
-    assert [line["event"] for line in json_lines(stream)] == ["job abc expired"]
+    arq_worker.warning("Health check failed: no health check sentinel value found")
+    assert [line["event"] for line in json_lines(stream)] == [
+        "Health check failed: no health check sentinel value found"
+    ]
+
+
+def test_arqs_undecodable_payload_line_is_one_warning_without_a_traceback(
+    restore_logging: None,
+) -> None:
+    stream = io.StringIO()
+    configure_logging("INFO", "json", stream)
+    try:  # as arq's Worker.run_job raises and logs it
+        try:
+            raise ValueError("pickle payloads are refused; send JSON")
+        except ValueError as cause:
+            raise DeserializationError("unable to deserialize job") from cause
+    except DeserializationError:
+        logging.getLogger("arq.worker").exception("deserializing job %s failed", "job-9")
+    [line] = json_lines(stream)
+    assert "exception" not in line
+    assert line == {
+        "event": "job.failed",
+        "level": "warning",
+        "logger": "arq.worker",
+        "timestamp": line["timestamp"],
+        "job_id": "job-9",
+        "error_type": "DeserializationError",
+        "code": "undecodable_payload",
+        "message": "pickle payloads are refused; send JSON",
+    }
+    assert len(stream.getvalue()) < 400
+
+
+@pytest.mark.parametrize(
+    ("template", "args", "fields"),
+    [
+        ("job %s expired", ("j1",), {"job_id": "j1", "code": "expired"}),
+        (
+            "job %s, function %r not found",
+            ("j2", "nope"),
+            {"job_id": "j2", "job": "nope", "code": "unknown_function"},
+        ),
+        (
+            "%6.2fs ! %s max retries %d exceeded",
+            (1.5, "batch:7:compute_batch_totals", 5),
+            {"job_id": "batch:7", "job": "compute_batch_totals", "code": "retries_exhausted"},
+        ),
+    ],
+)
+def test_arqs_other_failure_lines_name_the_job_as_a_field(
+    restore_logging: None, template: str, args: tuple[object, ...], fields: dict[str, str]
+) -> None:
+    stream = io.StringIO()
+    configure_logging("INFO", "json", stream)
+    logging.getLogger("arq.worker").warning(template, *args)
+    [line] = json_lines(stream)
+    assert (line["event"], line["level"]) == ("job.failed", "warning")
+    assert {key: line[key] for key in fields} == fields
+    assert line["message"]
+
+
+def test_the_replica_bound_once_is_on_its_lines_and_arqs(restore_logging: None) -> None:
+    stream = io.StringIO()
+    configure_logging("INFO", "json", stream)
+    structlog.contextvars.bind_contextvars(replica_id="host-1-abc")
+    structlog.get_logger("orderworker.worker").info("worker.started")
+    logging.getLogger("arq.worker").warning("job %s expired", "j1")
+    assert [line["replica_id"] for line in json_lines(stream)] == ["host-1-abc", "host-1-abc"]

@@ -21,6 +21,7 @@ from db.failed_jobs import FailureRecord, record_failure
 from jobs.context import JobContext
 from jobs.errors import error_document
 from jobs.serialization import decode_result
+from worker.metrics import ReplicaMetrics
 
 log = structlog.get_logger("orderworker.worker")
 
@@ -36,8 +37,10 @@ class DeadLetters:
         db_slots: asyncio.Semaphore,
         *,
         replica_id: str,
+        metrics: ReplicaMetrics | None = None,
     ) -> None:
         self.redis = redis
+        self.metrics = metrics
         self.replica_id = replica_id
         self.queue_name = queue_name
         self.sessionmaker = sessionmaker
@@ -106,6 +109,8 @@ class DeadLetters:
             log.error("dead_letter.not_recorded", job_id=job_id, **error_document(problem))
             return
         log.warning("dead_letter.recorded", job_id=job_id, code=error_code)
+        if self.metrics is not None:
+            self.metrics.dead_letter(error_code)
 
 
 def _payload_text(raw: bytes | None) -> str | None:

@@ -41,6 +41,8 @@ class Drain:
         self.grace_s = grace_s
         self.scripts = scripts
         self.stopping = False
+        # Jobs cut off and requeued, in cut-off order: named in `worker.drained`, never retried.
+        self.requeued: list[str] = []
         self._deadline = 0.0
         self._task: asyncio.Task[None] | None = None
 
@@ -65,19 +67,27 @@ class Drain:
         if self._task is not None:
             await self._task
 
+    def uncount_retry(self, job_id: str, finish: bool) -> bool:
+        """arq counts a job it saw cancelled as retried (Worker.run_job, just before finish_job);
+        one the drain requeued has used no try, so it is not a retry. True for such a job."""
+        if not finish and job_id in self.requeued:
+            self.worker.jobs_retried -= 1
+            return True
+        return False
+
     async def _run(self) -> None:
         cut_off = await self._wait_then_cut_off()
         if cut_off:
             await self._give_back_tries(cut_off)
         # A claim on its way ends (and is given back) before the poll loop is stopped.
         async with self.intake.claiming:
-            log.info("worker.drained", requeued=len(cut_off))
+            log.info("worker.drained", requeued=len(cut_off), requeued_job_ids=cut_off)
             if self.worker.main_task is not None:
                 self.worker.main_task.cancel()
 
     async def _wait_then_cut_off(self) -> list[str]:
         tasks = self.worker.tasks
-        cut_off: list[str] = []
+        cut_off = self.requeued
         while unfinished := running_jobs(tasks):
             overdue_s = time.monotonic() - self._deadline
             for job_id in unfinished:

@@ -10,17 +10,22 @@ from __future__ import annotations
 import os
 import socket
 import time
+from collections.abc import Callable
 
 from arq.worker import Worker
 
 from worker import health
 from worker.arq_seam.intake import running_jobs
+from worker.metrics import SlotUse
 
 
 class Heartbeats:
-    def __init__(self, worker: Worker, replica_id: str) -> None:
+    def __init__(
+        self, worker: Worker, replica_id: str, slot_use: Callable[[], SlotUse] | None = None
+    ) -> None:
         self.worker = worker
         self.replica_id = replica_id
+        self.slot_use = slot_use
         self.started_at = time.time()
         self._last_beat = 0.0
 
@@ -52,4 +57,11 @@ class Heartbeats:
             in_flight=len(running_jobs(worker.tasks)),
             last_beat=time.time(),
             started_at=self.started_at,
+            lanes=self._lanes(),
         )
+
+    def _lanes(self) -> dict[str, dict[str, int]]:
+        if self.slot_use is None:
+            return {}
+        lanes = self.slot_use().lanes.items()
+        return {lane: {"in_use": used, "slots": limit} for lane, (used, limit) in lanes}

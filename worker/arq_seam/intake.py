@@ -19,13 +19,17 @@ from arq.worker import Worker
 from jobs.lanes import Lane
 from worker.arq_seam.lane_claims import LaneClaims
 from worker.arq_seam.scripts import QueueScripts
+from worker.metrics import ReplicaMetrics
 
 log = structlog.get_logger("orderworker.worker")
 
 
 class Intake:
-    def __init__(self, worker: Worker, batch_slots: int) -> None:
+    def __init__(
+        self, worker: Worker, batch_slots: int, metrics: ReplicaMetrics | None = None
+    ) -> None:
         self.worker = worker
+        self.metrics = metrics
         self.batch_slots = batch_slots
         self.lanes: dict[str, Lane] = {}  # the lane of each job this replica is running
         self.batch_running = 0
@@ -94,10 +98,13 @@ class Intake:
                 now_ms=timestamp_ms(),
                 in_progress_ttl_ms=int(worker.in_progress_timeout_s * 1000),
                 may_reclaim=may_reclaim,
+                running=self.lanes.keys(),
             )
             jobs = claimed.jobs()
             if claimed.reclaimed:
                 log.info("job.reclaimed", job_ids=claimed.reclaimed)
+                if self.metrics is not None:
+                    self.metrics.leases_reclaimed.inc(len(claimed.reclaimed))
             if not worker.allow_pick_jobs:  # a drain began while the claim was on its way
                 await scripts.release([job_id for job_id, _, _ in jobs])
                 return 0

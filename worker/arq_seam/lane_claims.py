@@ -11,10 +11,17 @@ the queue it took it from.
 The in-progress key holds the claiming replica's id instead of arq's `1` (leases.py). A due job
 whose claim names a replica with no lease left is taken over (reclaimed); arq's own `1` and our
 own id are never taken over (arq's claim lasts its TTL; our own job is still running here).
+
+Per poll the script costs one read of each lane plus a few commands per job it claims or moves,
+not per job it passes: the replica's own running jobs (named in the call) are passed without a
+look, so are jobs another replica held at a look less than HELD_RECHECK_S ago, and the read stops
+at the last free slot. arq's start_jobs re-checks every id it reads, every poll.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from arq.constants import in_progress_key_prefix, job_key_prefix
@@ -24,18 +31,27 @@ from redis.commands.core import AsyncScript
 from jobs.lanes import BATCH_FUNCTIONS, Lane, lane_queue
 from worker.arq_seam.leases import lease_prefix
 
+# How long a claim seen held by another replica is passed over unread: the delay it adds, at most,
+# to taking over a lapsed claim, against one look per held job per claim (20 claims a second and
+# more on a busy replica).
+HELD_RECHECK_S = 0.2
+
 # KEYS[1]: the interactive lane, KEYS[2]: the batch lane. ARGV: now in ms, the in-progress TTL
 # in ms, free slots, free batch slots, how many due ids to read from each lane, the in-progress
 # and job key prefixes, this replica's id, the lease key prefix, '1' if claims of replicas
-# without a lease may be taken over, then the batch function names. Returns {interactive, batch,
-# reclaimed}: the first two a flat list of job id, score for the jobs claimed.
+# without a lease may be taken over, how many batch function names follow, those names, then the
+# ids of jobs to pass over unread (ours, and those seen held elsewhere a moment ago). Returns
+# {interactive, batch, reclaimed, held}: the first two a flat list of job id, score for the jobs
+# claimed; `held` the ids it found claimed by another replica (or by us) and left alone.
 CLAIM_SCRIPT = """
 local now, ttl = ARGV[1], ARGV[2]
 local free, batch_free, limit = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local running, envelopes = ARGV[6], ARGV[7]
 local owner, leases, may_reclaim = ARGV[8], ARGV[9], ARGV[10] == '1'
-local batch_functions = {}
-for i = 11, #ARGV do batch_functions[ARGV[i]] = true end
+local last_name = 11 + tonumber(ARGV[11])
+local batch_functions, ours = {}, {}
+for i = 12, last_name do batch_functions[ARGV[i]] = true end
+for i = last_name + 1, #ARGV do ours[ARGV[i]] = true end
 
 -- A missing or undecodable envelope is interactive: arq's run_job fails it as it always did.
 local function is_batch(job_id)
@@ -50,13 +66,18 @@ local function is_batch(job_id)
     return ok and type(decoded) == 'table' and batch_functions[decoded['f']] == true
 end
 
--- 'free' (no claim), 'lapsed' (its replica's lease is gone) or false (held).
+-- 'free' (no claim), 'lapsed' (its replica's lease is gone) or false: ours, or held (noted).
+local held = {}
 local function claim_state(job_id)
+    if ours[job_id] then return false end
     local holder = redis.call('GET', running .. job_id)
     if not holder then return 'free' end
-    if not may_reclaim or holder == '1' or holder == owner then return false end
-    if redis.call('EXISTS', leases .. holder) == 1 then return false end
-    return 'lapsed'
+    if may_reclaim and holder ~= '1' and holder ~= owner
+        and redis.call('EXISTS', leases .. holder) == 0 then
+        return 'lapsed'
+    end
+    held[#held + 1] = job_id
+    return false
 end
 
 local reclaimed = {}
@@ -71,6 +92,7 @@ end
 local interactive, batch = {}, {}
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'WITHSCORES', 'LIMIT', 0, limit)
 for i = 1, #due, 2 do
+    if free == 0 then break end  -- batch jobs further on move when a later claim reaches them
     local job_id, score = due[i], due[i + 1]
     local state = claim_state(job_id)
     if state then
@@ -81,7 +103,7 @@ for i = 1, #due, 2 do
             redis.call('DEL', running .. job_id)
             redis.call('ZADD', KEYS[2], score, job_id)
             redis.call('ZREM', KEYS[1], job_id)
-        elseif free > 0 then
+        else
             claim(interactive, job_id, score, state)
         end
     end
@@ -98,7 +120,7 @@ if batch_free > 0 then
         end
     end
 end
-return {interactive, batch, reclaimed}
+return {interactive, batch, reclaimed, held}
 """
 
 
@@ -117,10 +139,20 @@ class LaneClaim:
 
 
 class LaneClaims:
-    def __init__(self, redis: Redis, queue_name: str, replica_id: str) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        queue_name: str,
+        replica_id: str,
+        held_recheck_s: float = HELD_RECHECK_S,
+    ) -> None:
         self.lanes = [lane_queue(queue_name, "interactive"), lane_queue(queue_name, "batch")]
         self.replica_id = replica_id
         self.lease_prefix = lease_prefix(queue_name)
+        self.held_recheck_s = held_recheck_s
+        self._held: set[str] = set()  # seen claimed elsewhere since _held_since (monotonic)
+        self._held_since = 0.0
+        self._held_reclaiming = False  # may_reclaim when they were seen: lapsed ones count then
         self._claim: AsyncScript = redis.register_script(CLAIM_SCRIPT)
 
     async def claim(
@@ -132,9 +164,15 @@ class LaneClaims:
         now_ms: int,
         in_progress_ttl_ms: int,
         may_reclaim: bool = False,
+        running: Collection[str] = (),
     ) -> LaneClaim:
         """Claim up to `free` due jobs, of them at most `batch_free` batch jobs; interactive
-        jobs first, each lane in score order; with `may_reclaim`, lapsed claims count as free."""
+        jobs first, each lane in score order; with `may_reclaim`, lapsed claims count as free.
+        `running`: the jobs this replica is running, passed over without a look."""
+        stale = time.monotonic() - self._held_since >= self.held_recheck_s
+        if stale or may_reclaim != self._held_reclaiming:  # look at each of them again
+            self._held, self._held_since = set(), time.monotonic()
+            self._held_reclaiming = may_reclaim
         reply = await self._claim(
             keys=self.lanes,
             args=[
@@ -148,10 +186,14 @@ class LaneClaims:
                 self.replica_id,
                 self.lease_prefix,
                 "1" if may_reclaim else "0",
+                len(BATCH_FUNCTIONS),
                 *sorted(BATCH_FUNCTIONS),
+                *running,
+                *self._held,
             ],
         )
-        interactive, batch, reclaimed = reply
+        interactive, batch, reclaimed, held = reply
+        self._held.update(job_id.decode() for job_id in held)
         return LaneClaim(
             interactive=_pairs(interactive),
             batch=_pairs(batch),

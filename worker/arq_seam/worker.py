@@ -17,9 +17,10 @@ from arq.utils import to_ms
 from arq.worker import Function, Worker
 from arq.worker import logger as arq_logger
 
-from jobs.connection import REDIS_ERRORS
-from jobs.lanes import lane_queue
-from worker.arq_seam.backoff import RedisBackoff
+from jobs.connection import REDIS_ERRORS, close_sentinels
+from jobs.lanes import Lane, lane_queue
+from jobs.serialization import decode_result
+from worker.arq_seam.backoff import MAX_RECONNECT_DELAY_S, RedisBackoff
 from worker.arq_seam.dead_letters import DeadLetters
 from worker.arq_seam.drain import Drain
 from worker.arq_seam.finishing import Finishing
@@ -33,6 +34,8 @@ from worker.arq_seam.polling import Polling
 from worker.arq_seam.scripts import QueueScripts
 from worker.arq_seam.wakeups import Wakeups
 from worker.arq_seam.wording import serialize_job_data
+from worker.liveness import LivenessFile
+from worker.metrics import UNKNOWN_FUNCTION, ReplicaMetrics, SlotUse
 
 log = structlog.get_logger("orderworker.worker")
 
@@ -45,10 +48,12 @@ class SeamWorker(Worker):
         replica_id: str,
         shutdown_grace_s: float,
         batch_slots: int | None = None,
-        lease_s: float = 3.0,
+        lease_s: float = 2.0,
+        metrics: ReplicaMetrics | None = None,
         **arq_options: Any,
     ) -> None:
-        self.finishing = Finishing()
+        self.metrics = metrics
+        self.finishing = Finishing(metrics)
         super().__init__(
             functions=[self.finishing.track(function) for function in functions],
             handle_signals=False,
@@ -58,9 +63,11 @@ class SeamWorker(Worker):
         )
         self.replica_id = replica_id
         # Without a cap of their own (a worker that runs no batch jobs), batch jobs may fill it.
-        self.intake = Intake(self, self.max_jobs if batch_slots is None else batch_slots)
+        self.intake = Intake(
+            self, self.max_jobs if batch_slots is None else batch_slots, metrics=metrics
+        )
         self.backoff = RedisBackoff()
-        self.heartbeats = Heartbeats(self, replica_id)
+        self.heartbeats = Heartbeats(self, replica_id, self.slot_use)
         self.drain = Drain(self, self.intake, shutdown_grace_s, lambda: self.scripts)
         self.leases = LeaseKeeper(self.queue_name, replica_id, lease_s)
         self.pending = PendingWrites()
@@ -69,6 +76,9 @@ class SeamWorker(Worker):
         )
         self.wakeups = Wakeups(self.queue_name, self.intake.woken)
         self.lane_finish = LaneFinish(self.queue_name, replica_id)
+        # A turn waits at most a health interval for a free slot or a backoff delay for Redis.
+        stale_after_s = 3 * (self.health_check_interval + MAX_RECONNECT_DELAY_S)
+        self.liveness = LivenessFile(replica_id, stale_after_s, self._liveness_unwritable)
         self._scripts: QueueScripts | None = None
         self._claims: LaneClaims | None = None
         self.finishing.still_ours = self._still_ours
@@ -84,6 +94,16 @@ class SeamWorker(Worker):
         if self._claims is None:  # as scripts: once the pool exists
             self._claims = LaneClaims(self.pool, self.queue_name, self.replica_id)
         return self._claims
+
+    def slot_use(self) -> SlotUse:
+        """For the slot gauges, read on the metrics server's thread: plain integers only."""
+        batch = self.intake.batch_running
+        in_flight = self.job_counter
+        lanes: dict[Lane, tuple[int, int]] = {
+            "interactive": (max(0, in_flight - batch), self.max_jobs),
+            "batch": (batch, self.intake.batch_slots),
+        }
+        return SlotUse(in_flight=in_flight, lanes=lanes)
 
     @property
     def stopping(self) -> bool:
@@ -106,6 +126,9 @@ class SeamWorker(Worker):
         except REDIS_ERRORS:
             return True
         return holder is not None and holder.decode() == self.replica_id
+
+    def _liveness_unwritable(self, error: OSError) -> None:
+        log.warning("worker.liveness_unwritable", path=str(self.liveness.path), error=str(error))
 
     async def _job_started(self, ctx: dict[str, Any]) -> None:
         # arq's on_job_start hook: run_job has counted the try and is about to call the job.
@@ -134,8 +157,10 @@ class SeamWorker(Worker):
         await self.leases.beat(self.pool)  # our lease exists before our first claim names us
         self.leases.start(self.pool)
         self.wakeups.start(self.pool)
+        self.liveness.start()
         while True:
             await self.backoff.run(self._poll_iteration)
+            self.liveness.turned()
             if self.burst and await self.polling.burst_done():
                 await asyncio.gather(*self.tasks.values())
                 return
@@ -155,7 +180,7 @@ class SeamWorker(Worker):
         except REDIS_ERRORS as error:
             self.pending.keep(job_id, lambda: self.scripts.release([job_id]), error)
         finally:
-            self.finishing.was_cut_off(job_id)  # forgotten even if finish_job never ran
+            self.finishing.forget(job_id)  # even if finish_job never ran
 
     async def finish_job(
         self,
@@ -172,7 +197,9 @@ class SeamWorker(Worker):
         instead of a six-command transaction; the rest by arq's transaction (lane_finish.py). A
         job arq's own timeout cut off is recorded as a dead letter first. Kept for later if
         Redis is unreachable (pending.py)."""
+        requeued = self.drain.uncount_retry(job_id, finish)  # not counted as retried either
         cut_off = self.finishing.was_cut_off(job_id)
+        function, outcome = self.finishing.outcome(job_id, finish)
         lane = self.intake.lane_of(job_id)  # now: the task's end forgets it
 
         async def write() -> None:
@@ -193,7 +220,8 @@ class SeamWorker(Worker):
                     incr_score,
                     keep_in_progress,
                 )
-            _unless_lease_lost(owned, job_id)
+            if self._owned(owned, job_id) and not requeued:
+                self.finishing.count(function, outcome)
 
         await self.pending.attempt(job_id, write)
 
@@ -214,7 +242,8 @@ class SeamWorker(Worker):
                 self.keep_result_forever,
                 self.keep_result_s,
             )
-            _unless_lease_lost(owned, job_id)
+            if self._owned(owned, job_id) and self.metrics is not None:
+                self.metrics.job_finished(_function_of(result_data), "failed")
 
         await self.pending.attempt(job_id, write)
 
@@ -230,14 +259,28 @@ class SeamWorker(Worker):
     async def close(self) -> None:
         """Wraps Worker.close: after the drain, and without this replica's heartbeat."""
         await self.drain.finished()
+        self.liveness.stop()
         await self.wakeups.close()
         await self.leases.close(self._pool)
-        if self._pool is not None:  # arq's private pool: None before main() and after close()
+        pool = self._pool  # arq's private pool: None before main() and after close()
+        if pool is not None:
             with contextlib.suppress(*REDIS_ERRORS):
                 await self.heartbeats.forget()
         await super().close()
+        if pool is not None:
+            await close_sentinels(pool)
+
+    def _owned(self, owned: bool, job_id: str) -> bool:
+        if not owned:  # another replica took the job over: its outcome is the one that counts
+            log.warning("job.lease_lost", job_id=job_id)
+            if self.metrics is not None:
+                self.metrics.leases_lost.inc()
+        return owned
 
 
-def _unless_lease_lost(owned: bool, job_id: str) -> None:
-    if not owned:  # another replica took the job over: its outcome is the one that counts
-        log.warning("job.lease_lost", job_id=job_id)
+def _function_of(result_data: bytes | None) -> str:
+    """The function named in a result arq failed the job with (rare: no cost per job)."""
+    try:
+        return str(decode_result(result_data or b"").get("f", UNKNOWN_FUNCTION))
+    except Exception:
+        return UNKNOWN_FUNCTION

@@ -1,30 +1,67 @@
-"""`orderworker`, the one entry point. Exit codes: 0 success, 1 work failed, 2 bad usage/input."""
+"""`orderworker`, the one entry point. Exit codes: 0 success, 1 work failed, 2 bad usage/input.
+
+Each command's module is imported only when that command runs (worker/cli/lazy_group.py): the
+table names it and holds the line `orderworker --help` shows for it (its docstring's first)."""
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
+from typing import ClassVar
 
 import typer
 
-from worker.cli import demo, health, totals, worker
-from worker.cli.db import db_app
 from worker.cli.exits import run_command
-from worker.cli.jobs import jobs_app
-from worker.cli.order import order_app
+from worker.cli.lazy_group import LazyCommand, LazyGroup
+
+COMMANDS = {
+    "worker": LazyCommand(
+        "worker.cli.worker:worker",
+        "Run one worker replica until SIGTERM/SIGINT (in-flight jobs drain first).",
+    ),
+    "totals": LazyCommand(
+        "worker.cli.totals_status:totals_app",
+        "Submit batch totals as chunk jobs, or look a batch up (totals status).",
+    ),
+    "health": LazyCommand(
+        "worker.cli.health:health", "Exit 0 if a live worker replica is reporting, 1 otherwise."
+    ),
+    "status": LazyCommand(
+        "worker.cli.status:status",
+        "The fleet at a glance: queue, replicas, failures of the last hour, running batches.",
+    ),
+    "demo": LazyCommand(
+        "worker.cli.demo:demo",
+        "The whole pipeline end to end, on a private local stack unless URLs are configured.",
+    ),
+    "db": LazyCommand("worker.cli.db:db_app", "Database schema and sample data."),
+    "order": LazyCommand("worker.cli.order:order_app", "Orders through the queue."),
+    "jobs": LazyCommand(
+        "worker.cli.jobs:jobs_app", "Failed jobs (dead letters): list, retry, purge."
+    ),
+}
+
+
+class Commands(LazyGroup):
+    table: ClassVar[Mapping[str, LazyCommand]] = COMMANDS
+
 
 app = typer.Typer(
+    cls=Commands,
     help="Asynchronous order-processing worker: arq jobs in Redis, totals in PostgreSQL.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Plain text for this list: Rich's help formatter alone would double its start-up time. Each
+    # command's own help keeps Rich's panels (lazy_group.py).
+    rich_markup_mode=None,
 )
-app.command("worker")(worker.worker)
-app.command("totals")(totals.totals)
-app.command("health")(health.health)
-app.command("demo")(demo.demo)
-app.add_typer(db_app, name="db")
-app.add_typer(order_app, name="order")
-app.add_typer(jobs_app, name="jobs")
+
+
+@app.callback()
+def root() -> None:
+    # A callback makes the app a group, whose commands come from the table. It has no options.
+    pass
 
 
 def main() -> None:

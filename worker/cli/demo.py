@@ -18,13 +18,13 @@ from pydantic import SecretStr
 from sqlalchemy import text
 
 from worker.cli.db import seed, upgrade
-from worker.cli.exits import reports_errors
-from worker.cli.health import live_replicas
+from worker.cli.exits import UsageError, reports_errors
+from worker.cli.health_checks import live_replicas
 from worker.cli.resources import database, producer
 from worker.cli.runtime import configured, run_async
 from worker.cli.totals import describe_batch, run_batch
 from worker.harness.replicas import Replica, replica_env, stop_all
-from worker.harness.servers import LocalStack, state_dir
+from worker.harness.servers import LocalStack, missing_server_packages, state_dir
 from worker.settings import Settings
 
 WORKERS = 2
@@ -42,6 +42,13 @@ def stack_for(settings: Settings) -> Iterator[Settings]:
         say("using the configured PostgreSQL and Redis")
         yield settings
         return
+    missing = missing_server_packages()
+    if missing:
+        raise UsageError(
+            f"no local stack here ({' and '.join(missing)}: development dependencies, installed "
+            "by `uv sync`): set ORDERWORKER_DATABASE_URL and ORDERWORKER_REDIS_URL to run the "
+            "demo on your own servers"
+        )
     stack = LocalStack(name="demo")
     stack.wipe()  # a fresh database on every run, so the figures are the same each time
     started = time.monotonic()

@@ -32,6 +32,7 @@ __all__ = [  # the codes and errors are defined beside, for what reports them wi
     "EXIT_USAGE",
     "CommandError",
     "UsageError",
+    "error_field",
     "fail",
     "output_mode",
     "report",
@@ -60,8 +61,14 @@ def report(error: CommandError) -> NoReturn:
 def show_error(code: str, message: str) -> None:
     """The one line on stderr; with `--json`, also the one error object on stdout."""
     if json_output.get():
-        typer.echo(json.dumps({"error": {"code": code, "message": message}}))
+        typer.echo(json.dumps(error_field(code, message)))
     typer.echo(f"orderworker: {code}: {message}", err=True)
+
+
+def error_field(code: str, message: str) -> dict[str, dict[str, str]]:
+    """`{"error": {"code", "message"}}`: the whole object of a failed command, or the field a
+    failed report (a probe's) carries beside its own."""
+    return {"error": {"code": code, "message": message}}
 
 
 @contextmanager

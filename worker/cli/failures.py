@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 
 from arq.connections import RedisSettings
 from redis.exceptions import (
@@ -13,12 +14,8 @@ from redis.exceptions import (
     WatchError,
 )
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from sqlalchemy.exc import DBAPIError
 
-from db.connect_errors import DatabaseConnectError
-from db.schema import SchemaMissingError
 from jobs.connection import endpoint
-from jobs.errors import BAD_INPUT_CODES, JobError
 from worker.cli.command_errors import EXIT_FAILED, EXIT_USAGE, CommandError
 
 # Plain logging: silent unless the command configured logging (at DEBUG it shows the traceback).
@@ -28,13 +25,9 @@ log = logging.getLogger("orderworker.cli")
 def command_error(error: BaseException) -> CommandError:
     if isinstance(error, CommandError):
         return error
-    if isinstance(error, JobError):
-        exit_code = EXIT_USAGE if error.code in BAD_INPUT_CODES else EXIT_FAILED
-        return CommandError(error.code, error.message, exit_code)
-    if isinstance(error, DatabaseConnectError | SchemaMissingError):
-        return CommandError(error.code, str(error))
-    if isinstance(error, DBAPIError):
-        return CommandError("database_error", f"PostgreSQL: {first_line(error)}")
+    known = database_or_job_error(error)
+    if known is not None:
+        return known
     if isinstance(error, TimeoutError):
         return CommandError("timeout", str(error) or "timed out")
     if isinstance(error, RedisError):
@@ -42,6 +35,27 @@ def command_error(error: BaseException) -> CommandError:
     # No rule describes it: a bug. One line here; the traceback in the log, at debug level.
     log.debug("unexpected error", exc_info=error)
     return CommandError("internal_error", f"{type(error).__name__}: {first_line(error)}")
+
+
+def database_or_job_error(error: BaseException) -> CommandError | None:
+    """The job's and the database's errors. Only a command that loaded SQLAlchemy can meet them,
+    and the others (health's probes) do not load it here either."""
+    if "sqlalchemy" not in sys.modules:
+        return None
+    from sqlalchemy.exc import DBAPIError
+
+    from db.connect_errors import DatabaseConnectError
+    from db.schema import SchemaMissingError
+    from jobs.errors import BAD_INPUT_CODES, JobError
+
+    if isinstance(error, JobError):
+        exit_code = EXIT_USAGE if error.code in BAD_INPUT_CODES else EXIT_FAILED
+        return CommandError(error.code, error.message, exit_code)
+    if isinstance(error, DatabaseConnectError | SchemaMissingError):
+        return CommandError(error.code, str(error))
+    if isinstance(error, DBAPIError):
+        return CommandError("database_error", f"PostgreSQL: {first_line(error)}")
+    return None
 
 
 def redis_error(error: RedisError, settings: RedisSettings) -> CommandError:

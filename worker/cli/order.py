@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
+import shlex
+import uuid
+from typing import Annotated, Any, NoReturn
 
 import typer
 
@@ -19,6 +21,13 @@ from worker.settings import Settings
 
 order_app = typer.Typer(help="Orders through the queue.", no_args_is_help=True)
 
+GENERATED_KEY_PREFIX = "cli-"
+
+
+def new_idempotency_key() -> str:
+    """A key for a request the user gave none: repeating the command with it is safe."""
+    return GENERATED_KEY_PREFIX + uuid.uuid4().hex
+
 
 def parse_item(value: str) -> dict[str, int]:
     item_id, _, quantity = (ascii_int(part) for part in value.partition(":"))
@@ -32,11 +41,18 @@ def parse_item(value: str) -> dict[str, int]:
 def order_place(
     customer: Annotated[int, typer.Option(help="Customer id.")],
     item: Annotated[list[str], typer.Option(help="ITEM_ID:QUANTITY; repeat for more lines.")],
-    idempotency_key: Annotated[str | None, typer.Option(help="Repeat-safe key.")] = None,
+    idempotency_key: Annotated[
+        str | None,
+        typer.Option(
+            help="Names this request: a repeat returns the same order. Default: a new one."
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object on stdout.")] = False,
     timeout: Annotated[float, typer.Option(min=0.1, help="Seconds to wait.")] = 60.0,
 ) -> None:
-    """Enqueue place_order, wait for it, print the order id and total."""
+    """Enqueue place_order, wait for it, print the order id and total. Safe to retry: without
+    --idempotency-key it makes a key and prints it (stderr), and the same command with that key
+    returns the same order, never a second one."""
     lines = [parse_item(value) for value in item]
     # The worker's own check, so that both refuse the same input with the same code and words.
     validated(
@@ -52,18 +68,24 @@ def place_and_report(
     settings: Settings,
     customer: int,
     lines: list[dict[str, int]],
-    idempotency_key: str | None,
+    given_key: str | None,
     as_json: bool,
     timeout: float,
 ) -> None:
-    outcome = run_async(place_order(settings, customer, lines, idempotency_key, timeout))
+    idempotency_key = given_key or new_idempotency_key()
+    # stdout stays the result; --json carries the key as a field instead.
+    announce = given_key is None and not as_json
+    placing = place_order(settings, customer, lines, idempotency_key, timeout, announce=announce)
+    job_id, outcome = run_async(placing)
+    if outcome is None:
+        report_timeout(customer, lines, idempotency_key, job_id, as_json, timeout)
     if as_json:
-        body = (
-            outcome.result
+        body: dict[str, Any] = (
+            dict(outcome.result)
             if outcome.success
             else {"job_id": outcome.job_id, "error": outcome.result}
         )
-        typer.echo(json.dumps(body))
+        typer.echo(json.dumps({**body, "idempotency_key": idempotency_key}))
     elif outcome.success:
         typer.echo(f"order {outcome.result['order_id']} placed, total {outcome.result['total']}")
     if not outcome.success:
@@ -72,13 +94,48 @@ def place_and_report(
         raise typer.Exit(EXIT_USAGE if code in BAD_INPUT_CODES else EXIT_FAILED)
 
 
+def report_timeout(
+    customer: int,
+    lines: list[dict[str, int]],
+    idempotency_key: str,
+    job_id: str,
+    as_json: bool,
+    timeout: float,
+) -> NoReturn:
+    """The job stays queued: say so, and how to retry without risking a second order."""
+    items = " ".join(f"--item {line['item_id']}:{line['quantity']}" for line in lines)
+    retry = (
+        f"orderworker order place --customer {customer} {items}"
+        f" --idempotency-key {shlex.quote(idempotency_key)}"
+    )
+    message = (
+        f"no result within {timeout:g}s: the order may still be placed (job {job_id} is queued"
+        f" or running); to retry safely or check, repeat with the same key: {retry}"
+    )
+    if as_json:
+        error = {"code": "timeout", "message": message}
+        typer.echo(
+            json.dumps({"job_id": job_id, "error": error, "idempotency_key": idempotency_key})
+        )
+    typer.echo(f"orderworker: timeout: {message}", err=True)
+    raise typer.Exit(EXIT_FAILED)
+
+
 async def place_order(
     settings: Settings,
     customer_id: int,
     items: list[dict[str, int]],
-    idempotency_key: str | None,
+    idempotency_key: str,
     timeout_s: float,
-) -> JobOutcome:
+    *,
+    announce: bool,
+) -> tuple[str, JobOutcome | None]:
+    """The job id and its outcome; None as the outcome when the wait ran out."""
     async with producer(settings) as client:
         job_id = await client.place_order(customer_id, items, idempotency_key)
-        return await client.wait(job_id, timeout_s)
+        if announce:  # once queued, before the wait: an interrupted wait still has the key
+            typer.echo(f"idempotency key {idempotency_key}", err=True)
+        try:
+            return job_id, await client.wait(job_id, timeout_s)
+        except TimeoutError:
+            return job_id, None

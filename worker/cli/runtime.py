@@ -6,12 +6,11 @@ import asyncio
 import inspect
 from collections.abc import Callable, Coroutine
 from functools import wraps
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import Any, Concatenate, Literal, ParamSpec, TypeVar
 
 import uvloop
 
 from worker.cli.exits import EXIT_USAGE, fail
-from worker.logs import configure_logging
 from worker.settings import Settings, SettingsError, load_settings
 
 P = ParamSpec("P")
@@ -23,12 +22,20 @@ def run_async(coroutine: Coroutine[Any, Any, T]) -> T:
         return runner.run(coroutine)
 
 
-def settings_or_exit() -> Settings:
+def configure_logging(level: str, log_format: Literal["auto", "json", "console"]) -> None:
+    # Imported here: structlog is a fifth of a command's start-up, and health's checks never log.
+    from worker.logs import configure_logging as configure
+
+    configure(level, log_format)
+
+
+def settings_or_exit(*, logs: bool = True) -> Settings:
     try:
         settings = load_settings()
     except SettingsError as error:
         fail(str(error), EXIT_USAGE, "invalid_setting")
-    configure_logging(settings.log.level, settings.log.format)
+    if logs:
+        configure_logging(settings.log.level, settings.log.format)
     return settings
 
 
@@ -44,14 +51,15 @@ def require_urls(settings: Settings, *, database: bool, redis: bool) -> None:
 
 
 def configured(
-    *, database: bool, redis: bool
+    *, database: bool, redis: bool, logs: bool = True
 ) -> Callable[[Callable[Concatenate[Settings, P], T]], Callable[P, T]]:
-    """Call with loaded settings (logging configured), once the URLs it needs are known set."""
+    """Call with loaded settings (logging configured unless `logs` is False), once the URLs it
+    needs are known set."""
 
     def decorate(command: Callable[Concatenate[Settings, P], T]) -> Callable[P, T]:
         @wraps(command)
         def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
-            settings = settings_or_exit()
+            settings = settings_or_exit(logs=logs)
             require_urls(settings, database=database, redis=redis)
             return command(settings, *args, **kwargs)
 

@@ -2,18 +2,28 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from db.batches import BatchStatus, batch_status
+from db.engine import create_sessionmaker
 from db.order_ids import largest_order_id, order_id_pages
-from jobs.batches import BatchRun, BatchSummary, chunked
+from jobs.batches import BatchRun, BatchSummary, ResultsUnreachableError, chunked
+from jobs.client import OrderClient, new_batch_id
+from jobs.connection import REDIS_ERRORS
+from worker import health as heartbeats
 from worker.cli.chunk_limits import check_chunk_size, check_chunk_size_for_ids_up_to
-from worker.cli.exits import EXIT_FAILED, UsageError, reports_errors
+from worker.cli.exits import EXIT_FAILED, EXIT_INTERRUPTED, UsageError, fail, reports_errors
 from worker.cli.numbers import ascii_int
 from worker.cli.resources import database, producer
 from worker.cli.runtime import configured, run_async
@@ -21,6 +31,8 @@ from worker.settings import Settings
 
 MAX_ORDER_ID = 2**63 - 1  # orders.id is a bigint
 INVALID_INPUT = "invalid_input"  # the ids given are not order ids
+REDIS_UNREACHABLE_S = 30.0  # a wait gives up after Redis has been unreachable this long
+REPLICA_CHECK_S = 5.0  # how often a wait looks for live replicas until it has warned once
 
 
 @reports_errors
@@ -86,6 +98,23 @@ def read_ids(source: str) -> list[int]:
     return ids
 
 
+@dataclass(slots=True)
+class Submission:
+    """What an interrupted `totals` can still say: its batch id, and what it had submitted."""
+
+    batch_id: str = field(default_factory=new_batch_id)
+    run: BatchRun | None = None
+
+    def interrupted(self) -> str:
+        if self.run is None or not self.run.summary.jobs:
+            return f"before batch {self.batch_id} was submitted: nothing was enqueued"
+        summary = self.run.summary
+        return (
+            f"batch {self.batch_id} ({summary.requested} orders in {summary.jobs}"
+            f" jobs) keeps running; follow it with: {follow_up(self.batch_id)}"
+        )
+
+
 def submit_and_report(
     settings: Settings,
     ids: list[int] | None,
@@ -97,19 +126,35 @@ def submit_and_report(
     chunk_size = chunk_size or settings.totals.chunk_size
     if ids is not None:
         check_chunk_size(ids, chunk_size, settings.worker.max_payload_bytes)
-    summary = run_async(
-        run_batch(
-            settings,
-            ids=ids,
-            chunk_size=chunk_size,
-            wait=not no_wait,
-            show_progress=sys.stderr.isatty() and not no_wait,
-            timeout_s=timeout,
+    submission = Submission()
+    try:
+        summary = run_async(
+            run_batch(
+                settings,
+                ids=ids,
+                chunk_size=chunk_size,
+                wait=not no_wait,
+                show_progress=sys.stderr.isatty() and not no_wait,
+                timeout_s=timeout,
+                submission=submission,
+            )
         )
-    )
+    except KeyboardInterrupt:
+        fail(submission.interrupted(), EXIT_INTERRUPTED)
+    except ResultsUnreachableError as error:
+        follow = follow_up(submission.batch_id)
+        fail(f"{error}; it runs on: follow it with: {follow}", EXIT_FAILED, "redis_unavailable")
     if no_wait:
         submitted = f"batch {summary.batch_id}: {summary.requested} orders in {summary.jobs} jobs"
-        typer.echo(f"{submitted} submitted", err=as_json)
+        follow = follow_up(summary.batch_id)
+        typer.echo(f"{submitted} submitted; follow it with: {follow}", err=as_json)
+    elif summary.state in ("queued", "running"):  # the wait ran out: the batch runs on
+        within = "" if timeout is None else f" within {timeout:g}s"
+        typer.echo(
+            f"orderworker: timeout: batch {summary.batch_id} not done{within}; it runs on:"
+            f" follow it with: {follow_up(summary.batch_id)}",
+            err=True,
+        )
     if as_json:
         typer.echo(json.dumps(summary.as_json()))
     elif not no_wait:
@@ -118,8 +163,8 @@ def submit_and_report(
         raise typer.Exit(EXIT_FAILED)
 
 
-submit_ids = configured(database=False, redis=True)(submit_and_report)
-submit_every_order = configured(database=True, redis=True)(submit_and_report)  # pages ids from it
+# The batch is recorded in the database; --all also pages its ids from it.
+submit_ids = submit_every_order = configured(database=True, redis=True)(submit_and_report)
 
 
 async def run_batch(
@@ -130,26 +175,87 @@ async def run_batch(
     wait: bool,
     show_progress: bool,
     timeout_s: float | None,
+    submission: Submission | None = None,
 ) -> BatchSummary:
-    """`ids=None` means every order, paged from the database by keyset."""
-    async with producer(settings) as client:
-        run = BatchRun(client)
+    """`ids=None` means every order, paged from the database by keyset. The summary's figures
+    are the batch's record in PostgreSQL, plus the chunks a wait gave up on."""
+    submission = submission or Submission()
+    async with producer(settings) as client, database(settings) as engine:
+        sessions = create_sessionmaker(engine)
+        run = submission.run = BatchRun(client, submission.batch_id, sessions)
         if ids is None:
-            async with database(settings) as engine:
-                largest = await largest_order_id(engine)
-                if largest is not None:  # checked before the first page is enqueued
-                    cap = settings.worker.max_payload_bytes
-                    check_chunk_size_for_ids_up_to(largest, chunk_size, cap)
-                await run.submit_pages(order_id_pages(engine, chunk_size))
+            largest = await largest_order_id(engine)
+            if largest is not None:  # checked before the first page is enqueued
+                cap = settings.worker.max_payload_bytes
+                check_chunk_size_for_ids_up_to(largest, chunk_size, cap)
+            await run.submit_pages(order_id_pages(engine, chunk_size))
         else:
             await run.submit_chunks(chunked(ids, chunk_size))
         if wait:
-            if show_progress:
-                with progress_bar(run.summary.requested) as update:
-                    await run.wait(update, timeout_s)
-            else:
-                await run.wait(None, timeout_s)
-        return run.summary
+            async with warn_without_replicas(client):
+                await wait_for(run, show_progress, timeout_s)
+        async with sessions() as session:
+            recorded = await batch_status(session, run.summary.batch_id)
+    return with_record(run.summary, recorded)
+
+
+async def wait_for(run: BatchRun, show_progress: bool, timeout_s: float | None) -> None:
+    if show_progress:
+        with progress_bar(run.summary.requested) as update:
+            await run.wait(update, timeout_s, REDIS_UNREACHABLE_S)
+    else:
+        await run.wait(None, timeout_s, REDIS_UNREACHABLE_S)
+
+
+@asynccontextmanager
+async def warn_without_replicas(client: OrderClient) -> AsyncIterator[None]:
+    """While waiting: one line on stderr if no live replica reports, since then nothing runs."""
+
+    async def watch() -> None:
+        while True:
+            with contextlib.suppress(*REDIS_ERRORS):
+                if not await heartbeats.live_replicas(client.redis, client.queue_name):
+                    typer.echo(
+                        f"orderworker: warning: no live worker replica is reporting on queue "
+                        f"{client.queue_name}; the batch waits until one starts",
+                        err=True,
+                    )
+                    return
+            await asyncio.sleep(REPLICA_CHECK_S)
+
+    task = asyncio.create_task(watch())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def with_record(summary: BatchSummary, recorded: BatchStatus | None) -> BatchSummary:
+    """The summary as recorded in PostgreSQL, keeping failures only this wait saw (chunks it
+    gave up on, or whose failure could not be recorded)."""
+    if recorded is None:  # recorded before anything was enqueued: only if the record was lost
+        return summary
+    known = [without_error(failure) for failure in recorded.failed]
+    seen_here = [failure for failure in summary.failed if without_error(failure) not in known]
+    return replace(
+        summary,
+        state=recorded.state,
+        requested=recorded.requested,
+        computed=recorded.computed,
+        missing=recorded.missing,
+        failed=recorded.failed + seen_here,
+        total_sum=recorded.total_sum,
+    )
+
+
+def without_error(failure: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in failure.items() if key != "error"}
+
+
+def follow_up(batch_id: str) -> str:
+    return f"orderworker totals status {batch_id} --wait"
 
 
 class progress_bar:

@@ -22,12 +22,16 @@ def worker(
     concurrency: Annotated[
         int | None, typer.Option(min=1, max=1000, help="Jobs run at once by this replica.")
     ] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(min=0, max=65535, help="Serve Prometheus /metrics here; 0 turns it off."),
+    ] = None,
 ) -> None:
     """Run one worker replica until SIGTERM/SIGINT (in-flight jobs drain first)."""
-    if concurrency is not None:
-        settings = settings.model_copy(
-            update={"worker": settings.worker.model_copy(update={"concurrency": concurrency})}
-        )
+    given = {"concurrency": concurrency, "metrics_port": metrics_port}
+    update = {name: value for name, value in given.items() if value is not None}
+    if update:
+        settings = settings.model_copy(update={"worker": settings.worker.model_copy(update=update)})
     try:
         run_async(run_replica(settings, burst=burst))
     except RedisError as error:

