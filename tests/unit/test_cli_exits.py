@@ -11,6 +11,7 @@ from typing import Any, Literal
 import pytest
 import typer
 
+from jobs.batches import ResultsUnreachableError
 from jobs.errors import InvalidPayloadError
 from jobs.models import PlaceOrderPayload
 from jobs.validation import validated
@@ -229,3 +230,19 @@ def test_a_failure_given_no_code_is_named_by_its_exit_code(
             fail("something", exit_code)
         assert stopped.value.exit_code == exit_code
         assert capsys.readouterr().err == f"orderworker: {code}: something\n"
+
+
+def test_a_wait_that_lost_redis_is_redis_unavailable_and_names_the_batch(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def lost(*args: object, **kwargs: object) -> None:
+        raise ResultsUnreachableError("Redis unreachable for 30s")
+
+    monkeypatch.setattr("worker.cli.totals.run_batch", lost)
+    exit_code, out, err = run(capsys, "totals", "1", "2", "--json")
+
+    assert exit_code == 1
+    error = one_error(out, err)
+    assert error["code"] == "redis_unavailable"
+    assert error["message"].startswith("Redis unreachable for 30s; it runs on: follow it with: ")
+    assert "orderworker totals status " in error["message"]
