@@ -4,12 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
+from sqlalchemy import event
+from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
     create_async_engine,
 )
+
+from db.connect_errors import connect_error
+from db.urls import split_ssl_mode
 
 
 def create_engine(
@@ -22,6 +27,7 @@ def create_engine(
     connect_timeout_s: float = 10.0,
     application_name: str = "orderworker",
 ) -> AsyncEngine:
+    engine_url, ssl_mode = split_ssl_mode(url)
     connect_args: dict[str, Any] = {
         "timeout": connect_timeout_s,
         "statement_cache_size": statement_cache_size,
@@ -30,8 +36,10 @@ def create_engine(
     if statement_cache_size == 0:
         # PgBouncer (transaction pooling) cannot keep named prepared statements across queries.
         connect_args["prepared_statement_name_func"] = lambda: ""
-    return create_async_engine(
-        url,
+    if ssl_mode is not None:
+        connect_args["ssl"] = ssl_mode
+    engine = create_async_engine(
+        engine_url,
         pool_size=pool_size,
         max_overflow=max_overflow,
         pool_timeout=pool_timeout_s,
@@ -42,6 +50,19 @@ def create_engine(
         hide_parameters=True,
         connect_args=connect_args,
     )
+
+    @event.listens_for(engine.sync_engine, "do_connect")
+    def _connect(dialect: Dialect, record: Any, cargs: Any, cparams: dict[str, Any]) -> Any:
+        # A failed connection names the server it tried: host and port, never the password.
+        try:
+            return dialect.connect(*cargs, **cparams)
+        except Exception as error:
+            failure = connect_error(engine_url, error, connect_timeout_s)
+            if failure is None:
+                raise
+            raise failure from error
+
+    return engine
 
 
 def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

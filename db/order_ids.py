@@ -21,3 +21,9 @@ async def order_id_pages(engine: AsyncEngine, page_size: int) -> AsyncIterator[l
             return
         yield page
         after = page[-1]
+
+
+async def largest_order_id(engine: AsyncEngine) -> int | None:
+    async with engine.connect() as connection:
+        largest = await connection.scalar(text("SELECT max(id) FROM orders"))
+    return None if largest is None else int(largest)

@@ -7,16 +7,18 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from arq import ArqRedis, create_pool
 from arq.connections import RedisSettings
 from arq.constants import job_key_prefix, result_key_prefix, retry_key_prefix
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, WatchError
 
-from jobs.connection import close_sentinels
+from jobs.connection import REDIS_ERRORS, close_sentinels
 from jobs.lanes import done_channel, lane_of, lane_queue, wake_channel
 from jobs.notices import FALLBACK_READ_S, DoneNotices
 from jobs.serialization import decode_result, deserialize, serialize
@@ -113,7 +115,7 @@ class OrderClient:
         job_key = job_key_prefix + job_id
         refused = already_queued(job_id)
         # As arq's enqueue_job, plus the wake-up inside the same transaction.
-        async with self.redis.pipeline(transaction=True) as pipe:
+        async with lost_connection_is_an_outage(job_id), self.redis.pipeline(True) as pipe:
             await pipe.watch(job_key)
             if await pipe.exists(job_key, result_key_prefix + job_id):
                 await pipe.reset()  # type: ignore[no-untyped-call]  # untyped in redis-py
@@ -125,8 +127,10 @@ class OrderClient:
             pipe.publish(wake_channel(self.queue_name), WAKE)
             try:
                 await pipe.execute()
-            except WatchError:
-                raise refused from None  # enqueued by someone else since the check
+            except WatchError as error:
+                if not connection_lost(error):
+                    raise refused from None  # enqueued by someone else since the check
+                raise
         return job_id
 
     async def _enqueue_replicated(self, function: str, job_id: str, kwargs: dict[str, Any]) -> None:
@@ -230,6 +234,24 @@ class OrderClient:
 
 def already_queued(job_id: str) -> ValueError:
     return ValueError(f"a job with id {job_id!r} is already queued or has a result")
+
+
+def connection_lost(error: WatchError) -> bool:
+    """redis-py reports a connection lost under WATCH as a WatchError, the optimistic-lock
+    signal; the connection error it replaces is its context."""
+    return isinstance(error.__context__, REDIS_ERRORS)
+
+
+@asynccontextmanager
+async def lost_connection_is_an_outage(job_id: str) -> AsyncIterator[None]:
+    """A connection lost mid-enqueue is a Redis outage, as callers that wait one out expect."""
+    try:
+        yield
+    except WatchError as error:
+        if not connection_lost(error):
+            raise
+        message = f"connection to Redis lost while enqueueing job {job_id}"
+        raise RedisConnectionError(message) from error
 
 
 def envelope(function: str, kwargs: dict[str, Any], enqueued_ms: int) -> bytes:

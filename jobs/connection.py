@@ -56,14 +56,17 @@ def redis_settings_from_url(url: str, *, conn_retries: int = 5) -> RedisSettings
     )
 
 
-def redacted(settings: RedisSettings) -> str:
-    """Where a RedisSettings can be shown: never with its password."""
+def endpoint(settings: RedisSettings) -> str:
+    """Which Redis a RedisSettings reaches, as people name it: never with its password."""
     if settings.sentinel and isinstance(settings.host, list):
         nodes = ",".join(f"{host}:{port}" for host, port in settings.host)
-        host = f"sentinel {nodes} master={settings.sentinel_master}"
-    else:
-        host = settings.unix_socket_path or f"{settings.host}:{settings.port}"
-    return f"redis {host} db={settings.database} ssl={settings.ssl}"
+        return f"sentinel {nodes} master={settings.sentinel_master}"
+    return settings.unix_socket_path or f"{settings.host}:{settings.port}"
+
+
+def redacted(settings: RedisSettings) -> str:
+    """Where a RedisSettings can be shown: never with its password."""
+    return f"redis {endpoint(settings)} db={settings.database} ssl={settings.ssl}"
 
 
 async def close_sentinels(redis: Redis) -> None:

@@ -9,6 +9,9 @@ from arq.jobs import DeserializationError
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
+from db.connect_errors import DatabaseConnectError
+from db.connect_errors import sqlstate as sqlstate  # re-exported for the jobs that read SQLSTATEs
+
 # SQLSTATEs worth another try: serialization failure, deadlock, lock not available, shutdowns,
 # "the database system is starting up", too many connections, statement timeout.
 TRANSIENT_SQLSTATES = {
@@ -59,17 +62,6 @@ class RetriesExhaustedError(JobError):
     code = "retries_exhausted"
 
 
-def sqlstate(error: BaseException) -> str | None:
-    """The PostgreSQL error code behind a SQLAlchemy or asyncpg exception, if any."""
-    seen: BaseException | None = error
-    while seen is not None:
-        code = getattr(seen, "sqlstate", None)
-        if isinstance(code, str):
-            return code
-        seen = getattr(seen, "orig", None) or seen.__cause__
-    return None
-
-
 def is_transient(error: BaseException) -> bool:
     if isinstance(error, BaseExceptionGroup):
         return all(is_transient(inner) for inner in error.exceptions)
@@ -96,6 +88,8 @@ def error_document(error: BaseException) -> dict[str, str]:
     if isinstance(error, DeserializationError):
         cause = error.__cause__
         return {"code": "undecodable_payload", "message": str(cause or error)}
+    if isinstance(error, DatabaseConnectError):
+        return {"code": error.code, "message": str(error)}
     if isinstance(error, DBAPIError):
         # The driver's own message, without SQLAlchemy's copy of the statement.
         code = "database_unavailable" if is_transient(error) else "database_error"

@@ -6,7 +6,15 @@ from collections import Counter
 from decimal import Decimal
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, StrictInt, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    StrictInt,
+    model_validator,
+)
 
 MAX_ORDER_LINES = 1000
 MAX_BATCH_IDS = 100_000
@@ -14,6 +22,17 @@ INT4_MAX = 2_147_483_647
 
 Money = Annotated[Decimal, PlainSerializer(lambda value: f"{value:.2f}", return_type=str)]
 DatabaseId = Annotated[StrictInt, Field(ge=1, le=2**63 - 1)]
+
+
+def storable(text: str) -> str:
+    """Refuse what a PostgreSQL text column cannot hold, before it reaches the database."""
+    if "\x00" in text:
+        raise ValueError("must not contain a NUL character (PostgreSQL cannot store it)")
+    return text  # pydantic's str already refuses lone surrogates, which PostgreSQL cannot store
+
+
+# A key or id kept in a text column: 1 to 200 characters that PostgreSQL can store.
+StoredKey = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(storable)]
 
 
 class Payload(BaseModel):
@@ -28,7 +47,7 @@ class OrderLineIn(Payload):
 class PlaceOrderPayload(Payload):
     customer_id: Annotated[StrictInt, Field(ge=1, le=INT4_MAX)]
     items: Annotated[list[OrderLineIn], Field(min_length=1, max_length=MAX_ORDER_LINES)]
-    idempotency_key: Annotated[str, Field(min_length=1, max_length=200)] | None = None
+    idempotency_key: StoredKey | None = None
 
     @model_validator(mode="after")
     def _distinct_items(self) -> PlaceOrderPayload:
@@ -45,7 +64,7 @@ class ComputeOrderTotalPayload(Payload):
 
 class ComputeBatchTotalsPayload(Payload):
     order_ids: Annotated[list[DatabaseId], Field(max_length=MAX_BATCH_IDS)]
-    batch_id: Annotated[str, Field(min_length=1, max_length=200)] | None = None
+    batch_id: StoredKey | None = None
 
 
 class OrderTotalResult(BaseModel):

@@ -11,10 +11,11 @@ from typing import Any, TypeVar
 
 import structlog
 from arq import Retry
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from jobs.context import JobContext, JobPolicy
 from jobs.errors import InvalidPayloadError, JobError, RetriesExhaustedError, describe, is_transient
+from jobs.validation import validated
 
 log = structlog.get_logger("orderworker.jobs")
 
@@ -29,23 +30,12 @@ def backoff_delay(policy: JobPolicy, job_try: int) -> float:
     return random.uniform(0, ceiling)
 
 
-def validation_message(error: ValidationError) -> str:
-    parts = []
-    for problem in error.errors(include_url=False, include_input=False):
-        where = ".".join(str(part) for part in problem["loc"]) or "payload"
-        parts.append(f"{where}: {problem['msg']}")
-    return "; ".join(parts)
-
-
 def validated_payload(
     payload_model: type[PayloadT], args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> PayloadT:
     if args:
         raise InvalidPayloadError("positional arguments are not accepted; use keywords")
-    try:
-        return payload_model.model_validate(kwargs)
-    except ValidationError as error:
-        raise InvalidPayloadError(validation_message(error)) from None
+    return validated(payload_model, kwargs)
 
 
 def batch_fields(job_ctx: JobContext, payload: BaseModel) -> dict[str, str]:

@@ -152,6 +152,15 @@ async def database_url(
 
 
 @pytest.fixture
+async def empty_database_url(servers: Servers) -> AsyncIterator[str]:
+    """A database with no tables at all, unlike `database_url` (cloned from a migrated one)."""
+    name = f"orderworker_test_{uuid.uuid4().hex[:12]}"
+    await admin_execute(servers.admin_database_url, f"CREATE DATABASE {name}")
+    yield database_url_named(servers.admin_database_url, name)
+    await admin_execute(servers.admin_database_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture
 async def engine(settings: Settings) -> AsyncIterator[AsyncEngine]:
     # The product's statement cache setting: 0 behind PgBouncer in transaction mode.
     cache_size = settings.database.statement_cache_size

@@ -14,10 +14,10 @@ import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from db.engine import create_engine, create_sessionmaker
-from db.schema import current_revision
+from db.schema import SchemaMissingError, require_schema
 from jobs.connection import name_connections, redacted, redis_settings_from_url
 from jobs.context import JobPolicy, WorkerContext
-from jobs.errors import describe
+from jobs.errors import describe, is_transient
 from jobs.functions import registry
 from jobs.serialization import make_deserializer
 from worker.arq_seam.backoff import MAX_RECONNECT_DELAY_S
@@ -40,7 +40,11 @@ STARTUP_DB_ATTEMPTS = 5
 
 
 class StartupError(Exception):
-    """The replica cannot start; the message says why in one line."""
+    """The replica cannot start; the message says why in one line, `code` in one word."""
+
+    def __init__(self, message: str, *, code: str = "startup_failed") -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class OrderWorker(SeamWorker):
@@ -143,23 +147,22 @@ class OrderWorker(SeamWorker):
         )
 
     async def _check_database(self, engine: AsyncEngine) -> None:
-        """Refuse to start against a database that is unreachable or not migrated."""
-        attempts = STARTUP_DB_ATTEMPTS
-        for attempt in range(1, attempts + 1):
+        """Refuse to start against a database that is unreachable, refuses us or is not migrated.
+        Only an unreachable one is waited for: a refused login or a missing schema stays so."""
+        for attempt in range(1, STARTUP_DB_ATTEMPTS + 1):
             try:
-                revision = await current_revision(engine)
-                break
+                await require_schema(engine)
+                return
+            except SchemaMissingError as error:
+                await engine.dispose()
+                raise StartupError(str(error), code=error.code) from None
             except Exception as error:
-                if attempt == attempts:
+                if attempt == STARTUP_DB_ATTEMPTS or not is_transient(error):
                     await engine.dispose()
-                    raise StartupError(
-                        f"database unreachable: {describe(error)['message']}"
-                    ) from None
+                    document = describe(error)  # a DatabaseConnectError names host and port
+                    raise StartupError(document["message"], code=document["code"]) from None
                 log.warning("worker.database_unavailable", attempt=attempt, **describe(error))
                 await asyncio.sleep(min(5.0, 0.5 * 2**attempt))
-        if revision is None:
-            await engine.dispose()
-            raise StartupError("database has no schema: run `orderworker db upgrade` first")
 
     async def _shutdown(self, ctx: dict[str, Any]) -> None:
         if self.metrics_server is not None:
@@ -176,7 +179,8 @@ def _batch_slots(settings: Settings) -> int:
     try:
         at_most(tuning.batch_slots, tuning.concurrency, "worker.concurrency")
     except ValueError as error:
-        raise StartupError(f"invalid setting ORDERWORKER_WORKER__BATCH_SLOTS: {error}") from None
+        message = f"invalid setting ORDERWORKER_WORKER__BATCH_SLOTS: {error}"
+        raise StartupError(message, code="invalid_setting") from None
     return tuning.batch_slot_count()
 
 

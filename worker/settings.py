@@ -25,6 +25,7 @@ from pydantic_settings import (
 )
 from pydantic_settings import SettingsError as PydanticSettingsError
 
+from db.ssl_modes import ssl_mode
 from jobs.connection import redis_settings_from_url
 from worker.setting_sources import (
     ENV_PREFIX,
@@ -165,6 +166,7 @@ class Settings(BaseSettings):
             urlsplit(url).port  # noqa: B018 - parsing is the check; a bad port raises
         except ValueError:
             raise ValueError("not a valid URL (check the host and port)") from None
+        ssl_mode(url)  # libpq's sslmode= is taken; a mode it does not know is refused
         return value
 
     @field_validator("redis_url")

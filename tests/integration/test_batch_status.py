@@ -137,7 +137,7 @@ async def test_no_wait_records_a_queued_batch_that_status_follows_to_done(
     waited_out = await cli(settings, "totals", "status", batch_id, "--wait", "--timeout", "0.5")
     assert waited_out.returncode == 1  # not done when the wait ran out
     assert "queued" in waited_out.stdout
-    assert f"batch {batch_id} not done within 0.5s" in waited_out.stderr
+    assert f"orderworker: timeout: batch {batch_id} not done within 0.5s" in waited_out.stderr
     assert waited_out.stderr.count(NO_REPLICA) == 1
 
     await start_worker()
@@ -169,6 +169,7 @@ async def test_ctrl_c_names_the_batch_and_its_chunks_still_complete(
             totals.kill()
     assert totals.returncode == 130, stderr
     [queued_line] = [line for line in stderr.splitlines() if "interrupted" in line]
+    assert queued_line.startswith("orderworker: interrupted: batch ")
     batch_id = queued_line.split("batch ", 1)[1].split(" ", 1)[0]
     assert f"orderworker totals status {batch_id} --wait" in queued_line
     assert "Traceback" not in stderr
@@ -223,11 +224,18 @@ async def test_a_live_worker_process_means_no_warning(
 
 async def test_status_of_an_unknown_batch_is_one_line_and_exit_2(settings: Settings) -> None:
     result = await cli(settings, "totals", "status", "no-such-batch")
+    as_json = await cli(settings, "totals", "status", "no-such-batch", "--json")
 
     assert result.returncode == 2
     [line] = result.stderr.strip().splitlines()
-    assert "no-such-batch" in line
+    assert line.startswith("orderworker: unknown_batch: no batch 'no-such-batch'")
     assert result.stdout == ""
+    assert as_json.returncode == 2
+    error = json.loads(as_json.stdout)["error"]
+    assert (error["code"], f"orderworker: unknown_batch: {error['message']}") == (
+        "unknown_batch",
+        line,
+    )
 
 
 async def test_running_batches_lists_the_unfinished_ones_newest_first(

@@ -223,7 +223,10 @@ async def test_jobs_retry_names_the_ids_that_were_not_failed_jobs(
 
     assert retried.returncode == 1
     assert retried.stdout == "2 jobs enqueued again\n"
-    assert retried.stderr.strip() == "some ids were not failed jobs: nope-1, nope-2"
+    assert (
+        retried.stderr
+        == "orderworker: unknown_job: some ids were not failed jobs: nope-1, nope-2\n"
+    )
     assert await queued(client) == ["bad-item", "crashed"]
     assert as_json.returncode == 1
     assert json.loads(as_json.stdout) == {
@@ -232,7 +235,13 @@ async def test_jobs_retry_names_the_ids_that_were_not_failed_jobs(
             {"job_id": "garbled", "code": "undecodable_payload", "reason": "no_replayable_payload"}
         ],
         "unknown": ["nope-3"],
+        "error": {
+            "code": "unknown_job",
+            "message": "some ids were not failed jobs: nope-3;"
+            " skipped, no replayable payload: garbled",
+        },
     }
+    assert as_json.stderr.splitlines()[-1].startswith("orderworker: unknown_job: ")
     assert await remaining(sessionmaker) == ["exhausted-1", "exhausted-2", "garbled"]
 
 

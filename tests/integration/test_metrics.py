@@ -153,6 +153,6 @@ async def test_a_metrics_port_in_use_stops_the_replica_with_one_line(
 
     assert process.returncode == 1
     [line] = [line for line in stderr.splitlines() if line.startswith("orderworker:")]
-    assert line.startswith(f"orderworker: metrics port {port}: ")
+    assert line.startswith(f"orderworker: startup_failed: metrics port {port}: ")
     assert "ORDERWORKER_WORKER__METRICS_PORT" in line
     assert "Traceback" not in stderr

@@ -76,8 +76,8 @@ def test_missing_urls_stop_the_command_with_exit_2(
         command()
     assert stopped.value.exit_code == 2
     assert not calls
-    expected = f"orderworker: {missing} not set (see settings.toml or the README)\n"
-    assert capsys.readouterr().err == expected
+    expected = f"orderworker: invalid_setting: {missing} not set (see settings.toml or the README)"
+    assert capsys.readouterr().err == expected + "\n"
 
 
 def test_a_command_needing_no_url_runs_without_any() -> None:

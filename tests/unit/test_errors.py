@@ -248,7 +248,7 @@ async def test_an_invalid_payload_fails_naming_the_field() -> None:
     ctx = job_ctx()
     error, line = await run_logged(entry, ctx, customer_id=1, items=items)
     assert isinstance(error, InvalidPayloadError)
-    assert error.message.startswith("items.0.quantity: Input should be a valid integer")
+    assert error.message.startswith("items[0].quantity: Input should be a valid integer")
     assert (line["event"], line["code"]) == ("job.failed", "invalid_payload")
     assert recorded(ctx) == [("job-1", "compute_order_total", 1, error.to_document())]
 

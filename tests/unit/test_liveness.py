@@ -113,3 +113,15 @@ def test_the_probe_exits_0_for_a_live_replica_and_1_without_one(
     body = json.loads(live.stdout)
     assert body["healthy"] is True
     assert [replica["replica_id"] for replica in body["live"]] == ["r1"]
+
+
+def test_a_failed_probe_with_json_carries_the_error_object(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    absent = CliRunner().invoke(app, ["health", "--live", "--json"], prog_name="orderworker")
+    assert absent.exit_code == 1
+    message = "not live: no replica on this host turned its loop lately"
+    body = json.loads(absent.stdout)
+    assert body == {"healthy": False, "live": [], "error": {"code": "not_live", "message": message}}
+    assert absent.stderr == f"orderworker: not_live: {message}\n"

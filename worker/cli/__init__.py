@@ -5,11 +5,13 @@ table names it and holds the line `orderworker --help` shows for it (its docstri
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from typing import ClassVar
 
 import typer
 
+from worker.cli.exits import run_command
 from worker.cli.lazy_group import LazyCommand, LazyGroup
 
 COMMANDS = {
@@ -60,3 +62,8 @@ app = typer.Typer(
 def root() -> None:
     # A callback makes the app a group, whose commands come from the table. It has no options.
     pass
+
+
+def main() -> None:
+    """The `orderworker` command: usage errors are one line, not Typer's boxes."""
+    sys.exit(run_command(typer.main.get_command(app)))

@@ -41,7 +41,7 @@ def db_seed(
 async def upgrade(settings: Settings) -> str | None:
     from db.migrate import upgrade_to_head  # Alembic is heavy to import: only for this command
 
-    async with database(settings) as engine:
+    async with database(settings, migrated=False) as engine:
         await upgrade_to_head(engine)
         return await current_revision(engine)
 

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
-from worker.cli.exits import EXIT_FAILED, reports_errors
+from worker.cli.exits import EXIT_FAILED, error_field, reports_errors
 from worker.liveness import live_replicas
 
 
@@ -66,10 +66,14 @@ def probe(as_json: bool, *, live: bool, ready: bool) -> int:
             else (False, f"not ready: {c.where}: {c.error}")
             for c in checks
         ]
-    healthy = all(ok for ok, _ in lines)
+    failing = "; ".join(line for ok, line in lines if not ok)
     if as_json:
-        typer.echo(json.dumps({"healthy": healthy, **report}))
+        code = "not_live" if live and not report["live"] else "not_ready"
+        failure = error_field(code, failing) if failing else {}
+        typer.echo(json.dumps({"healthy": not failing, **report, **failure}))
+        if failing:
+            typer.echo(f"orderworker: {code}: {failing}", err=True)
     else:
         for ok, line in lines:
             typer.echo(line, err=not ok)
-    return 0 if healthy else EXIT_FAILED
+    return EXIT_FAILED if failing else 0

@@ -15,7 +15,7 @@ from db.engine import create_sessionmaker
 from db.models import FailedJob
 from jobs.client import JobRequest
 from jobs.errors import PERMANENT_CODES
-from worker.cli.exits import EXIT_FAILED, UsageError, reports_errors
+from worker.cli.exits import EXIT_FAILED, UsageError, error_field, reports_errors
 from worker.cli.resources import database, producer
 from worker.cli.runtime import configured, run_async
 from worker.settings import Settings
@@ -107,8 +107,10 @@ def retry_and_report(
     as_json: bool,
 ) -> None:
     replay = run_async(retry_failed(settings, job_ids, codes, include_permanent))
+    stuck = [skip["job_id"] for skip in replay.skipped if skip["reason"] == NO_PAYLOAD]
+    failure = replay_failure(replay, stuck if job_ids else [])
     if as_json:
-        typer.echo(json.dumps(asdict(replay)))
+        typer.echo(json.dumps({**asdict(replay), **(error_field(*failure) if failure else {})}))
     else:
         typer.echo(f"{len(replay.replayed)} jobs enqueued again")
     permanent = Counter(skip["code"] for skip in replay.skipped if skip["reason"] == PERMANENT)
@@ -119,13 +121,24 @@ def retry_and_report(
             " same way; --include-permanent replays them",
             err=True,
         )
-    stuck = [skip["job_id"] for skip in replay.skipped if skip["reason"] == NO_PAYLOAD]
-    if stuck:
+    if stuck and not job_ids:  # --all: a note; for named ids, part of the failure below
         typer.echo(f"skipped, no replayable payload: {_listed(stuck)}", err=True)
-    if replay.unknown:
-        typer.echo(f"some ids were not failed jobs: {_listed(replay.unknown)}", err=True)
-    if replay.unknown or (job_ids and stuck):
+    if failure:
+        typer.echo(f"orderworker: {failure[0]}: {failure[1]}", err=True)
         raise typer.Exit(EXIT_FAILED)
+
+
+def replay_failure(replay: Replay, named_stuck: list[str]) -> tuple[str, str] | None:
+    """Why a retry failed (exit 1), as code and message: ids that are not failed jobs, or named
+    failures with nothing to replay."""
+    problems = []
+    if replay.unknown:
+        problems.append(f"some ids were not failed jobs: {_listed(replay.unknown)}")
+    if named_stuck:
+        problems.append(f"skipped, no replayable payload: {_listed(named_stuck)}")
+    if not problems:
+        return None
+    return (UNKNOWN_JOB if replay.unknown else NO_PAYLOAD), "; ".join(problems)
 
 
 @jobs_app.command("purge")
@@ -165,6 +178,7 @@ async def list_failed(settings: Settings, limit: int, codes: list[str] | None) -
 
 PERMANENT = "permanent"
 NO_PAYLOAD = "no_replayable_payload"
+UNKNOWN_JOB = "unknown_job"  # a named id is no failed job's
 
 
 @dataclass

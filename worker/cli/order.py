@@ -8,13 +8,13 @@ import uuid
 from typing import Annotated, Any, NoReturn
 
 import typer
-from pydantic import ValidationError
 
 from jobs.client import JobOutcome
 from jobs.errors import BAD_INPUT_CODES
 from jobs.models import PlaceOrderPayload
-from jobs.runner import validation_message
+from jobs.validation import validated
 from worker.cli.exits import EXIT_FAILED, EXIT_USAGE, UsageError, reports_errors
+from worker.cli.numbers import ascii_int
 from worker.cli.resources import producer
 from worker.cli.runtime import configured, run_async
 from worker.settings import Settings
@@ -30,13 +30,10 @@ def new_idempotency_key() -> str:
 
 
 def parse_item(value: str) -> dict[str, int]:
-    item_id, sep, quantity = value.partition(":")
-    try:
-        if not sep:
-            raise ValueError
-        return {"item_id": int(item_id), "quantity": int(quantity)}
-    except ValueError:
-        raise UsageError(f"--item {value!r}: expected ITEM_ID:QUANTITY, e.g. 3:2") from None
+    item_id, _, quantity = (ascii_int(part) for part in value.partition(":"))
+    if item_id is None or quantity is None:
+        raise UsageError(f"--item {value!r}: expected ITEM_ID:QUANTITY, e.g. 3:2")
+    return {"item_id": item_id, "quantity": quantity}
 
 
 @order_app.command("place")
@@ -57,12 +54,11 @@ def order_place(
     --idempotency-key it makes a key and prints it (stderr), and the same command with that key
     returns the same order, never a second one."""
     lines = [parse_item(value) for value in item]
-    try:
-        PlaceOrderPayload.model_validate(
-            {"customer_id": customer, "items": lines, "idempotency_key": idempotency_key}
-        )
-    except ValidationError as error:
-        raise UsageError(validation_message(error)) from None
+    # The worker's own check, so that both refuse the same input with the same code and words.
+    validated(
+        PlaceOrderPayload,
+        {"customer_id": customer, "items": lines, "idempotency_key": idempotency_key},
+    )
     # The input is checked before the settings are: bad input is reported first.
     place_and_report(customer, lines, idempotency_key, as_json, timeout)
 

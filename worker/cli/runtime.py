@@ -10,7 +10,7 @@ from typing import Any, Concatenate, Literal, ParamSpec, TypeVar
 
 import uvloop
 
-from worker.cli.exits import fail
+from worker.cli.exits import EXIT_USAGE, fail
 from worker.settings import Settings, SettingsError, load_settings
 
 P = ParamSpec("P")
@@ -33,7 +33,7 @@ def settings_or_exit(*, logs: bool = True) -> Settings:
     try:
         settings = load_settings()
     except SettingsError as error:
-        fail(str(error))
+        fail(str(error), EXIT_USAGE, "invalid_setting")
     if logs:
         configure_logging(settings.log.level, settings.log.format)
     return settings
@@ -46,7 +46,8 @@ def require_urls(settings: Settings, *, database: bool, redis: bool) -> None:
     if redis and settings.redis_url is None:
         missing.append("ORDERWORKER_REDIS_URL")
     if missing:
-        fail(" and ".join(missing) + " not set (see settings.toml or the README)")
+        message = " and ".join(missing) + " not set (see settings.toml or the README)"
+        fail(message, EXIT_USAGE, "invalid_setting")
 
 
 def configured(

@@ -17,18 +17,20 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from db.batches import BatchStatus, batch_status
 from db.engine import create_sessionmaker
-from db.order_ids import order_id_pages
+from db.order_ids import largest_order_id, order_id_pages
 from jobs.batches import BatchRun, BatchSummary, ResultsUnreachableError, chunked
 from jobs.client import OrderClient, new_batch_id
 from jobs.connection import REDIS_ERRORS
 from worker import health as heartbeats
-from worker.cli.exits import EXIT_FAILED, UsageError, fail, reports_errors
+from worker.cli.chunk_limits import check_chunk_size, check_chunk_size_for_ids_up_to
+from worker.cli.exits import EXIT_FAILED, EXIT_INTERRUPTED, UsageError, fail, reports_errors
+from worker.cli.numbers import ascii_int
 from worker.cli.resources import database, producer
 from worker.cli.runtime import configured, run_async
 from worker.settings import Settings
 
 MAX_ORDER_ID = 2**63 - 1  # orders.id is a bigint
-EXIT_INTERRUPTED = 130  # as a shell reports SIGINT
+INVALID_INPUT = "invalid_input"  # the ids given are not order ids
 REDIS_UNREACHABLE_S = 30.0  # a wait gives up after Redis has been unreachable this long
 REPLICA_CHECK_S = 5.0  # how often a wait looks for live replicas until it has warned once
 
@@ -70,22 +72,29 @@ def requested_ids(order_ids: list[int] | None, file: str | None, all_orders: boo
     ids = list(dict.fromkeys(ids))  # a repeated id is one order to total, counted once
     out_of_range = [order_id for order_id in ids if not 1 <= order_id <= MAX_ORDER_ID]
     if out_of_range:
-        raise UsageError(f"{out_of_range[0]} is not an order id (1 to {MAX_ORDER_ID})")
+        message = f"{out_of_range[0]} is not an order id (1 to {MAX_ORDER_ID})"
+        raise UsageError(message, INVALID_INPUT)
     return ids
 
 
 def read_ids(source: str) -> list[int]:
-    stream = sys.stdin if source == "-" else None
+    """Ids separated by newlines, spaces or commas, in ASCII digits, from UTF-8 text."""
     try:
-        text_in = stream.read() if stream is not None else Path(source).read_text()
+        data = sys.stdin.buffer.read() if source == "-" else Path(source).read_bytes()
+        text_in = data.decode("utf-8")
     except OSError as error:
-        raise UsageError(f"--file {source}: {error.strerror}") from None
+        raise UsageError(f"--file {source}: {error.strerror}", INVALID_INPUT) from None
+    except UnicodeDecodeError as error:
+        where = f"byte 0x{data[error.start]:02x} at offset {error.start}"
+        raise UsageError(f"--file {source}: not UTF-8 text ({where})", INVALID_INPUT) from None
     ids = []
     for number, line in enumerate(text_in.splitlines(), start=1):
         for token in line.replace(",", " ").split():
-            if not token.isdigit() or int(token) < 1:
-                raise UsageError(f"--file {source}, line {number}: {token!r} is not an order id")
-            ids.append(int(token))
+            order_id = ascii_int(token)
+            if order_id is None or order_id < 1:
+                message = f"--file {source}, line {number}: {token!r} is not an order id"
+                raise UsageError(message, INVALID_INPUT)
+            ids.append(order_id)
     return ids
 
 
@@ -98,10 +107,10 @@ class Submission:
 
     def interrupted(self) -> str:
         if self.run is None or not self.run.summary.jobs:
-            return f"interrupted before batch {self.batch_id} was submitted: nothing was enqueued"
+            return f"before batch {self.batch_id} was submitted: nothing was enqueued"
         summary = self.run.summary
         return (
-            f"interrupted: batch {self.batch_id} ({summary.requested} orders in {summary.jobs}"
+            f"batch {self.batch_id} ({summary.requested} orders in {summary.jobs}"
             f" jobs) keeps running; follow it with: {follow_up(self.batch_id)}"
         )
 
@@ -114,13 +123,16 @@ def submit_and_report(
     as_json: bool,
     timeout: float | None,
 ) -> None:
+    chunk_size = chunk_size or settings.totals.chunk_size
+    if ids is not None:
+        check_chunk_size(ids, chunk_size, settings.worker.max_payload_bytes)
     submission = Submission()
     try:
         summary = run_async(
             run_batch(
                 settings,
                 ids=ids,
-                chunk_size=chunk_size or settings.totals.chunk_size,
+                chunk_size=chunk_size,
                 wait=not no_wait,
                 show_progress=sys.stderr.isatty() and not no_wait,
                 timeout_s=timeout,
@@ -130,7 +142,8 @@ def submit_and_report(
     except KeyboardInterrupt:
         fail(submission.interrupted(), EXIT_INTERRUPTED)
     except ResultsUnreachableError as error:
-        fail(f"{error}; it runs on: follow it with: {follow_up(submission.batch_id)}", EXIT_FAILED)
+        follow = follow_up(submission.batch_id)
+        fail(f"{error}; it runs on: follow it with: {follow}", EXIT_FAILED, "redis_unavailable")
     if no_wait:
         submitted = f"batch {summary.batch_id}: {summary.requested} orders in {summary.jobs} jobs"
         follow = follow_up(summary.batch_id)
@@ -138,7 +151,7 @@ def submit_and_report(
     elif summary.state in ("queued", "running"):  # the wait ran out: the batch runs on
         within = "" if timeout is None else f" within {timeout:g}s"
         typer.echo(
-            f"orderworker: batch {summary.batch_id} not done{within}; it runs on:"
+            f"orderworker: timeout: batch {summary.batch_id} not done{within}; it runs on:"
             f" follow it with: {follow_up(summary.batch_id)}",
             err=True,
         )
@@ -171,6 +184,10 @@ async def run_batch(
         sessions = create_sessionmaker(engine)
         run = submission.run = BatchRun(client, submission.batch_id, sessions)
         if ids is None:
+            largest = await largest_order_id(engine)
+            if largest is not None:  # checked before the first page is enqueued
+                cap = settings.worker.max_payload_bytes
+                check_chunk_size_for_ids_up_to(largest, chunk_size, cap)
             await run.submit_pages(order_id_pages(engine, chunk_size))
         else:
             await run.submit_chunks(chunked(ids, chunk_size))

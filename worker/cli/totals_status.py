@@ -15,14 +15,15 @@ from typer.core import TyperCommand, TyperGroup
 from db.batches import BatchStatus, batch_status
 from db.engine import create_sessionmaker
 from jobs.connection import REDIS_ERRORS
-from worker.cli.exits import EXIT_FAILED, UsageError, fail, reports_errors
+from worker.cli.exits import EXIT_FAILED, EXIT_INTERRUPTED, UsageError, fail, reports_errors
 from worker.cli.resources import database, producer
 from worker.cli.runtime import configured, run_async
-from worker.cli.totals import EXIT_INTERRUPTED, totals, warn_without_replicas
+from worker.cli.totals import totals, warn_without_replicas
 from worker.settings import Settings
 
 SUBMIT = "submit"  # the hidden name of `totals ORDER_ID...`
 STATUS_POLL_S = 0.5  # a waiting status reads the database this often
+UNKNOWN_BATCH = "unknown_batch"  # no batch has the id given
 
 
 class TotalsGroup(TyperGroup):
@@ -67,9 +68,10 @@ def totals_status(
     try:
         status = run_async(read_status(settings, batch_id, wait, timeout))
     except KeyboardInterrupt:
-        fail(f"interrupted; batch {batch_id} is not affected", EXIT_INTERRUPTED)
+        fail(f"batch {batch_id} is not affected", EXIT_INTERRUPTED)
     if status is None:
-        raise UsageError(f"no batch {batch_id!r} (its id is printed by `orderworker totals`)")
+        message = f"no batch {batch_id!r} (its id is printed by `orderworker totals`)"
+        raise UsageError(message, UNKNOWN_BATCH)
     if as_json:
         typer.echo(json.dumps(status.as_json()))
     else:
@@ -77,7 +79,7 @@ def totals_status(
         for failure in status.failed:
             typer.echo(f"  failed: {failed_chunk(failure)}")
     if wait and not status.finished:
-        typer.echo(f"orderworker: batch {batch_id} not done within {timeout:g}s", err=True)
+        typer.echo(f"orderworker: timeout: batch {batch_id} not done within {timeout:g}s", err=True)
     if status.state == "failed" or (wait and not status.finished):
         raise typer.Exit(EXIT_FAILED)
 

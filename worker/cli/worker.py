@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+from redis.exceptions import RedisError
 
-from worker.cli.exits import EXIT_FAILED, fail, reports_errors
+from jobs.connection import redis_settings_from_url
+from worker.cli.exits import EXIT_FAILED, EXIT_USAGE, fail, reports_errors
 from worker.cli.runtime import configured, run_async
 from worker.replica import StartupError, run_replica
 from worker.settings import Settings
@@ -32,5 +34,10 @@ def worker(
         settings = settings.model_copy(update={"worker": settings.worker.model_copy(update=update)})
     try:
         run_async(run_replica(settings, burst=burst))
+    except RedisError as error:
+        from worker.cli.failures import redis_error  # only once something failed
+
+        raise redis_error(error, redis_settings_from_url(settings.redis_dsn())) from error
     except StartupError as error:
-        fail(str(error), EXIT_FAILED)
+        exit_code = EXIT_USAGE if error.code == "invalid_setting" else EXIT_FAILED
+        fail(str(error), exit_code, error.code)
