@@ -174,6 +174,8 @@ class BatchRun:
                 self._check_reachable(unreachable_s)
 
     async def _read(self, job_ids: list[str]) -> None:
+        if not job_ids:
+            return  # no command sent: says nothing about whether Redis is back
         try:
             # Bounded: a frozen Redis answers nothing, and never closes the connection either.
             async with asyncio.timeout(READ_TIMEOUT_S):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import time
@@ -23,6 +24,7 @@ from jobs.batches import (
 )
 from jobs.client import OrderClient
 from jobs.lanes import lane_queue
+from jobs.notices import Watch
 from tests.unit.conftest import UNIT_QUEUE, store_result
 
 UNIT_BATCH_LANE = lane_queue(UNIT_QUEUE, "batch")
@@ -184,21 +186,41 @@ async def test_waiting_on_an_empty_batch_returns_at_once(order_client: OrderClie
     assert run.summary.finished_jobs == 0
 
 
+async def unreachable(job_ids: list[str]) -> dict[str, Any]:
+    """`OrderClient.outcomes` with Redis down: nothing to read sends no command, so cannot fail."""
+    if not job_ids:
+        return {}
+    raise RedisConnectionError("Connection refused")
+
+
 async def test_wait_gives_up_once_redis_stays_unreachable_past_the_bound(
     order_client: OrderClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     run = BatchRun(order_client, batch_id="cut-off")
     await run.submit_chunks([[1], [2]])
-
-    async def unreachable(job_ids: list[str]) -> dict[str, Any]:
-        raise RedisConnectionError("Connection refused")
-
     monkeypatch.setattr(order_client, "outcomes", unreachable)
     started = time.monotonic()
     with pytest.raises(ResultsUnreachableError, match="cut-off"):
         await run.wait(timeout_s=30, unreachable_s=0.3)
     assert time.monotonic() - started < 5  # the bound, not the timeout, ended the wait
     assert run.summary.failed == []  # nothing is claimed about chunks it could not read
+
+
+async def test_reads_of_nothing_do_not_reset_the_unreachable_bound(
+    order_client: OrderClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = BatchRun(order_client, batch_id="early-wakeups")
+    await run.submit_chunks([[1], [2]])
+
+    async def early_wakeup(self: Watch, timeout_s: float) -> None:
+        await asyncio.sleep(0.01)  # a timer may fire before the fallback read is due
+
+    monkeypatch.setattr(order_client, "outcomes", unreachable)
+    monkeypatch.setattr(Watch, "wait", early_wakeup)
+    started = time.monotonic()
+    with pytest.raises(ResultsUnreachableError, match="early-wakeups"):
+        await run.wait(timeout_s=10, unreachable_s=0.3)
+    assert time.monotonic() - started < 5  # the bound ended the wait, not the timeout
 
 
 async def test_a_redis_blip_shorter_than_the_bound_is_waited_out(
