@@ -89,5 +89,7 @@ async def read_queue_depth(
 async def _held(redis: Redis, job_ids: list[bytes]) -> list[bool]:
     if not job_ids:
         return []
-    holders = await redis.mget([in_progress_key_prefix + job_id.decode() for job_id in job_ids])
+    # As bytes: an id that is not UTF-8 (any producer can write one) is still just a key here.
+    prefix = in_progress_key_prefix.encode()
+    holders = await redis.mget([prefix + job_id for job_id in job_ids])
     return [holder is not None for holder in holders]

@@ -32,6 +32,7 @@ from tests.integration.test_queries import (
     row_counts,
     totals_rows,
 )
+from worker.queue_depth import read_queue_depth
 from worker.replica import OrderWorker
 from worker.settings import Settings
 
@@ -281,3 +282,24 @@ async def test_result_larger_than_the_payload_cap_is_stored(
         with contextlib.suppress(Exception, asyncio.CancelledError):
             await asyncio.wait_for(run, 30)
         await worker.close()
+
+
+async def test_a_job_id_that_is_not_utf8_is_dropped_and_the_worker_keeps_running(
+    seeded: None, start_worker: StartWorker, redis: Redis, queue_name: str
+) -> None:
+    bad_id = b"raw-\xff\xfe"  # any producer can write one; nothing can name it as text
+    await redis.set(b"arq:job:" + bad_id, envelope("compute_order_total", {"order_id": 1}))
+    await redis.zadd(queue_name, {bad_id: now_ms()})
+    depth = await read_queue_depth(redis, queue_name)  # as status and the metrics read it
+    assert depth.ready == 1
+
+    worker = await start_worker()
+    after = await produce(redis, queue_name, "compute_order_total", order_id=1)
+    assert await succeeded(redis, after) == {"order_id": 1, "total": "30.00"}
+
+    async def dropped() -> bool:
+        return await redis.zscore(queue_name, bad_id) is None
+
+    await poll_until(dropped, "the id dropped from the queue")
+    assert not await redis.exists(b"arq:job:" + bad_id, b"arq:in-progress:" + bad_id)
+    assert worker.main_task is not None and not worker.main_task.done()

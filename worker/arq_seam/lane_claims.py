@@ -24,7 +24,8 @@ import time
 from collections.abc import Collection
 from dataclasses import dataclass, field
 
-from arq.constants import in_progress_key_prefix, job_key_prefix
+import structlog
+from arq.constants import in_progress_key_prefix, job_key_prefix, retry_key_prefix
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
@@ -123,6 +124,8 @@ end
 return {interactive, batch, reclaimed, held}
 """
 
+log = structlog.get_logger("orderworker.worker")
+
 
 @dataclass(frozen=True, slots=True)
 class LaneClaim:
@@ -153,6 +156,7 @@ class LaneClaims:
         self._held: set[str] = set()  # seen claimed elsewhere since _held_since (monotonic)
         self._held_since = 0.0
         self._held_reclaiming = False  # may_reclaim when they were seen: lapsed ones count then
+        self.redis = redis
         self._claim: AsyncScript = redis.register_script(CLAIM_SCRIPT)
 
     async def claim(
@@ -193,16 +197,56 @@ class LaneClaims:
             ],
         )
         interactive, batch, reclaimed, held = reply
-        self._held.update(job_id.decode() for job_id in held)
-        return LaneClaim(
-            interactive=_pairs(interactive),
-            batch=_pairs(batch),
-            reclaimed=[job_id.decode() for job_id in reclaimed],
+        self._held.update(_texts(held))
+        unreadable: list[tuple[str, bytes]] = []
+        claim = LaneClaim(
+            interactive=_pairs(interactive, self.lanes[0], unreadable),
+            batch=_pairs(batch, self.lanes[1], unreadable),
+            reclaimed=_texts(reclaimed),
         )
+        if unreadable:
+            await self._drop(unreadable)
+        return claim
+
+    async def _drop(self, unreadable: list[tuple[str, bytes]]) -> None:
+        """Job ids that are not UTF-8 name no job arq (or any waiter) can read: they are removed
+        with their keys, as arq skips a payload it cannot decode, not left to stop every claim."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            for lane, raw in unreadable:
+                pipe.zrem(lane, raw)
+                for prefix in (in_progress_key_prefix, job_key_prefix, retry_key_prefix):
+                    pipe.delete(prefix.encode() + raw)
+            await pipe.execute()
+        for lane, raw in unreadable:
+            log.warning(
+                "job.refused",
+                job_id=raw.decode(errors="backslashreplace"),
+                lane=lane,
+                code="undecodable_payload",
+                message="job id is not UTF-8 text",
+            )
 
 
-def _pairs(flat: list[bytes]) -> list[tuple[str, int]]:
-    return [
-        (job_id.decode(), int(float(score)))
-        for job_id, score in zip(flat[::2], flat[1::2], strict=True)
-    ]
+def _texts(job_ids: list[bytes]) -> list[str]:
+    return [job_id.decode() for job_id in job_ids if _is_text(job_id)]
+
+
+def _is_text(job_id: bytes) -> bool:
+    try:
+        job_id.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _pairs(
+    flat: list[bytes], lane: str, unreadable: list[tuple[str, bytes]]
+) -> list[tuple[str, int]]:
+    """(job id, score) pairs of the claim's reply; ids that are not UTF-8 go to `unreadable`."""
+    pairs = []
+    for job_id, score in zip(flat[::2], flat[1::2], strict=True):
+        if _is_text(job_id):
+            pairs.append((job_id.decode(), int(float(score))))
+        else:
+            unreadable.append((lane, job_id))
+    return pairs
