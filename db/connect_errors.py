@@ -11,6 +11,7 @@ from sqlalchemy.engine import URL
 DEFAULT_PORT = 5432
 LOGIN_SQLSTATE_CLASS = "28"  # invalid authorization: a wrong password, an unknown role
 UNKNOWN_DATABASE = "3D000"
+POOLER_LOGIN_FAILED = "authentication failed"
 
 
 class DatabaseConnectError(Exception):
@@ -55,7 +56,8 @@ def connect_error(url: URL, error: BaseException, timeout_s: float) -> DatabaseC
     code = sqlstate(error)
     if code is not None:
         message = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
-        if code.startswith(LOGIN_SQLSTATE_CLASS):
+        # PgBouncer refuses a login with a protocol-violation code and this text, not class 28.
+        if code.startswith(LOGIN_SQLSTATE_CLASS) or POOLER_LOGIN_FAILED in message:
             return DatabaseLoginError(f"{where} refused the login: {message}")
         if code == UNKNOWN_DATABASE:
             return DatabaseLoginError(f"{where}: {message}", code="database_unavailable")
