@@ -156,14 +156,14 @@ async def test_no_wait_records_a_queued_batch_that_status_follows_to_done(
 async def test_ctrl_c_names_the_batch_and_its_chunks_still_complete(
     settings: Settings, seeded: None, redis: Redis, worker_processes: StartProcess
 ) -> None:
-    totals = start_cli(settings, "totals", "1", "2", "3", "--chunk-size", "2")
+    totals = start_cli(settings, "totals", "1", "2", "3", "--chunk-size", "2", "--json")
     try:
         await poll_until(
             lambda: _queued(redis, settings.queue_name, 2), "the chunks queued", timeout_s=30
         )
         # Waiting: its warning that no replica reports is printed at the start of the wait.
         totals.send_signal(signal.SIGINT)
-        _, stderr = await asyncio.to_thread(totals.communicate, timeout=30)
+        stdout, stderr = await asyncio.to_thread(totals.communicate, timeout=30)
     finally:
         if totals.poll() is None:
             totals.kill()
@@ -172,6 +172,8 @@ async def test_ctrl_c_names_the_batch_and_its_chunks_still_complete(
     assert queued_line.startswith("orderworker: interrupted: batch ")
     batch_id = queued_line.split("batch ", 1)[1].split(" ", 1)[0]
     assert f"orderworker totals status {batch_id} --wait" in queued_line
+    interrupted = json.loads(stdout)  # --json: one object, with the id to follow up as a field
+    assert (interrupted["batch_id"], interrupted["error"]["code"]) == (batch_id, "interrupted")
     assert "Traceback" not in stderr
     assert len(await queued_ids(redis, settings.queue_name)) == 2  # the batch was left running
 

@@ -10,11 +10,18 @@ EXIT_INTERRUPTED = 130
 class CommandError(Exception):
     """A command cannot do its work: a machine-readable code, one line of message, an exit code."""
 
-    def __init__(self, code: str, message: str, exit_code: int = EXIT_FAILED) -> None:
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        exit_code: int = EXIT_FAILED,
+        fields: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.exit_code = exit_code
+        self.fields = fields or {}  # beside "error" in the JSON object: what can be followed up
 
 
 class UsageError(CommandError):

@@ -49,19 +49,25 @@ json_output: ContextVar[bool] = ContextVar("json_output", default=False)
 DEFAULT_CODES = {EXIT_USAGE: "usage", EXIT_INTERRUPTED: "interrupted"}
 
 
-def fail(message: str, exit_code: int = EXIT_USAGE, code: str | None = None) -> NoReturn:
-    report(CommandError(code or DEFAULT_CODES.get(exit_code, "failed"), message, exit_code))
+def fail(
+    message: str,
+    exit_code: int = EXIT_USAGE,
+    code: str | None = None,
+    fields: dict[str, str] | None = None,
+) -> NoReturn:
+    code = code or DEFAULT_CODES.get(exit_code, "failed")
+    report(CommandError(code, message, exit_code, fields))
 
 
 def report(error: CommandError) -> NoReturn:
-    show_error(error.code, error.message)
+    show_error(error.code, error.message, error.fields)
     raise typer.Exit(error.exit_code)
 
 
-def show_error(code: str, message: str) -> None:
+def show_error(code: str, message: str, fields: dict[str, str] | None = None) -> None:
     """The one line on stderr; with `--json`, also the one error object on stdout."""
     if json_output.get():
-        typer.echo(json.dumps(error_field(code, message)))
+        typer.echo(json.dumps({**(fields or {}), **error_field(code, message)}))
     typer.echo(f"orderworker: {code}: {message}", err=True)
 
 

@@ -140,10 +140,11 @@ def submit_and_report(
             )
         )
     except KeyboardInterrupt:
-        fail(submission.interrupted(), EXIT_INTERRUPTED)
+        fail(submission.interrupted(), EXIT_INTERRUPTED, fields={"batch_id": submission.batch_id})
     except ResultsUnreachableError as error:
         follow = follow_up(submission.batch_id)
-        fail(f"{error}; it runs on: follow it with: {follow}", EXIT_FAILED, "redis_unavailable")
+        message = f"{error}; it runs on: follow it with: {follow}"
+        fail(message, EXIT_FAILED, "redis_unavailable", {"batch_id": submission.batch_id})
     if no_wait:
         submitted = f"batch {summary.batch_id}: {summary.requested} orders in {summary.jobs} jobs"
         follow = follow_up(summary.batch_id)
