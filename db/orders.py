@@ -11,6 +11,7 @@ from sqlalchemy import Row, bindparam, text
 from sqlalchemy.dialects.postgresql import ARRAY, INTEGER
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from db.direct import fetch_row
 from db.totals import upsert_order_total
 
 
@@ -88,6 +89,64 @@ INSERT_LINES = text(
 ).bindparams(
     bindparam("item_ids", type_=ARRAY(INTEGER)), bindparam("quantities", type_=ARRAY(INTEGER))
 )
+
+
+# A new order whose customer and items exist, in one statement (so one transaction and one round
+# trip): the order, its lines and its total, computed from the lines it inserts (a statement's
+# parts share one snapshot: they cannot read each other's rows). No row back, and nothing written,
+# for anything else: a key or job id used before or at this moment (the unique indexes), an
+# unknown customer or item. $1 customer, $2 item ids, $3 quantities, $4 key, $5 job id.
+PLACE_NEW_ORDER_DRIVER_SQL = """
+    WITH line AS (
+        SELECT requested.item_id, requested.quantity, item.price
+        FROM unnest($2::integer[], $3::integer[]) AS requested(item_id, quantity)
+        JOIN item ON item.id = requested.item_id
+    ), placed AS (
+        INSERT INTO orders (customer_id, order_time, idempotency_key, job_id)
+        SELECT $1, now(), $4, $5
+        WHERE EXISTS (SELECT 1 FROM customer WHERE id = $1)
+            AND (SELECT count(*) FROM line) = cardinality($2::integer[])
+        ON CONFLICT DO NOTHING
+        RETURNING id
+    ), placed_lines AS (
+        INSERT INTO order_items (order_id, item_id, quantity)
+        SELECT placed.id, line.item_id, line.quantity FROM placed CROSS JOIN line
+    )
+    INSERT INTO order_totals (order_id, total, computed_at)
+    SELECT placed.id, (SELECT COALESCE(SUM(line.price * line.quantity), 0) FROM line), now()
+    FROM placed
+    ON CONFLICT (order_id) DO UPDATE
+        SET total = EXCLUDED.total, computed_at = EXCLUDED.computed_at
+    RETURNING order_id, total
+"""
+
+
+async def place_new_order(
+    session: AsyncSession,
+    customer_id: int,
+    lines: Sequence[OrderLine],
+    idempotency_key: str | None,
+    job_id: str | None = None,
+) -> PlacedOrder | None:
+    """`place_order` for the common case, a new and valid order, as one statement on a session
+    of an AUTOCOMMIT engine (db/direct.py). None, with nothing written, for every other case: a
+    repeat, a conflict, an unknown customer or item; `place_order` then answers it.
+
+    Lines must already be validated (positive quantities, distinct items).
+    """
+    placed = await fetch_row(
+        session,
+        PLACE_NEW_ORDER_DRIVER_SQL,
+        customer_id,
+        [line.item_id for line in lines],
+        [line.quantity for line in lines],
+        idempotency_key,
+        job_id,
+    )
+    if placed is None:
+        return None
+    order_id, total = int(placed["order_id"]), Decimal(placed["total"])
+    return PlacedOrder(order_id=order_id, total=total, created=True)
 
 
 async def place_order(

@@ -7,11 +7,11 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-import asyncpg  # type: ignore[import-untyped]
 from sqlalchemy import Row, bindparam, text
 from sqlalchemy.dialects.postgresql import ARRAY, BIGINT
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
+
+from db.direct import fetch_row
 
 ZERO = Decimal("0.00")
 
@@ -157,37 +157,10 @@ async def upsert_order_total(session: AsyncSession, order_id: int) -> Decimal | 
 
 
 async def upsert_order_total_direct(session: AsyncSession, order_id: int) -> Decimal | None:
-    """`upsert_order_total` as a transaction of its own, for the per-order job's hot path.
-
-    The statement goes straight to the session's asyncpg connection: for one small statement,
-    SQLAlchemy's statement and result layers cost more CPU than the database's work does. Being
-    its own transaction, it needs a session on an AUTOCOMMIT engine.
-    """
-    connection = await session.connection()
-    options = (
-        connection.sync_connection.get_execution_options() if connection.sync_connection else {}
-    )
-    if options.get("isolation_level") != "AUTOCOMMIT":
-        raise ValueError("upsert_order_total_direct needs a session on an AUTOCOMMIT engine")
-    driver = (await connection.get_raw_connection()).driver_connection
-    assert driver is not None  # a checked-out connection always has one
-    try:
-        total = await driver.fetchval(UPSERT_ONE_TOTAL_DRIVER_SQL, order_id)
-    except (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError) as error:
-        if isinstance(error, asyncpg.InternalClientError):
-            # The protocol is out of step with the server (seen when the server ended the session
-            # under an idle pooled connection while a statement began): this connection is done.
-            driver.terminate()
-        # SQLAlchemy's form of a driver error, so it is classified like any other statement's. A
-        # dead connection needs nothing more: the session's reset on close takes it out of the pool.
-        raise DBAPIError(
-            UPSERT_ONE_TOTAL_DRIVER_SQL,
-            None,
-            error,
-            hide_parameters=True,
-            connection_invalidated=driver.is_closed(),
-        ) from error
-    return None if total is None else Decimal(total)
+    """`upsert_order_total` as a transaction of its own, for the per-order job's hot path: one
+    statement straight to the driver (db/direct.py), on a session of an AUTOCOMMIT engine."""
+    row = await fetch_row(session, UPSERT_ONE_TOTAL_DRIVER_SQL, order_id)
+    return None if row is None else Decimal(row[0])
 
 
 async def stored_totals(session: AsyncSession, order_ids: Sequence[int]) -> dict[int, Decimal]:

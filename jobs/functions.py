@@ -33,11 +33,16 @@ MAX_TOTAL = "9999999999.99"  # order_totals.total is numeric(12, 2)
 
 async def place_order(ctx: JobContext, payload: PlaceOrderPayload) -> OrderTotalResult:
     lines = [orders.OrderLine(line.item_id, line.quantity) for line in payload.items]
+    request = (payload.customer_id, lines, payload.idempotency_key, ctx["job_id"])
     try:
-        async with ctx["db_slots"], ctx["sessionmaker"].begin() as session:
-            placed = await orders.place_order(
-                session, payload.customer_id, lines, payload.idempotency_key, ctx["job_id"]
-            )
+        async with ctx["db_slots"]:
+            # A new, valid order in one round trip; anything else (a repeat, a conflict, an
+            # unknown customer or item) wrote nothing there and gets the full checks.
+            async with ctx["single_statement_sessionmaker"]() as session:
+                placed = await orders.place_new_order(session, *request)
+            if placed is None:
+                async with ctx["sessionmaker"].begin() as session:
+                    placed = await orders.place_order(session, *request)
     except orders.UnknownCustomerError as error:
         raise UnknownCustomerError(str(error)) from None
     except orders.UnknownItemsError as error:

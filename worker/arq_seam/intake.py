@@ -45,6 +45,10 @@ class Intake:
     def free_slots(self) -> int:
         return self.worker.max_jobs - self.worker.job_counter
 
+    def room(self, at_most: int | None) -> int:
+        """How many jobs a claim may take now: the free slots, and no more than `at_most`."""
+        return self.free_slots() if at_most is None else min(at_most, self.free_slots())
+
     def free_batch_slots(self) -> int:
         return min(self.batch_slots - self.batch_running, self.free_slots())
 
@@ -89,7 +93,7 @@ class Intake:
         those jobs; how many were claimed. A Redis error claims nothing, so takes no slot. With
         `may_reclaim`, jobs of replicas whose lease lapsed are taken over (leases.py)."""
         worker = self.worker
-        free = self.free_slots() if at_most is None else min(at_most, self.free_slots())
+        free = self.room(at_most)
         async with self.claiming:
             claimed = await claims.claim(
                 free=free,

@@ -37,8 +37,8 @@ class Polling:
         self.leases = leases
 
     async def iteration(self) -> None:
-        """Worker._poll_iteration: claim what the free slots allow; with nothing claimed, wait
-        for a wake-up or a freed slot, at most `poll_delay_s` (arq's sleep between polls)."""
+        """Worker._poll_iteration: claim what the free slots allow; unless that filled them all,
+        wait for a wake-up or a freed slot, at most `poll_delay_s` (arq's sleep between polls)."""
         worker = self.worker
         at_most = self._burst_jobs_remaining()
         if at_most is not None and at_most < 1:
@@ -47,7 +47,7 @@ class Polling:
         await self.pending.flush()
         may_take = await self.intake.wait_for_free_slot()
         self.intake.forget_news()  # news from here on (during the claim) ends the wait below
-        taken = 0
+        taken, room = 0, self.intake.room(at_most) if may_take else 0
         if may_take:
             taken = await self.intake.take(
                 self.claims(),
@@ -56,7 +56,10 @@ class Polling:
                 at_most,
                 self.leases.may_reclaim(),
             )
-        if not taken:
+        # A claim that filled fewer slots than it offered took every due job it could: asking
+        # again at once would find nothing, and would sit between the jobs just started and
+        # Redis. Jobs it could not take yet (a full batch lane) are news when a slot frees.
+        if taken < room or not taken:
             await self.intake.wait_for_news(worker.poll_delay_s)
         if worker.allow_abort_jobs:
             await worker._cancel_aborted_jobs()
