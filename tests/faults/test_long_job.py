@@ -37,9 +37,11 @@ async def test_a_job_running_five_leases_on_a_live_replica_runs_once(
     summary = await wait_for_batch(stalled.run)
 
     await assert_batch_exact(summary, scenario.engine)
-    stored = json.loads(await scenario.client.redis.get(result_key_prefix + job_id))
-    assert (stored["ft"] - stored["st"]) / 1000 >= RUN_S  # it did run that long
-    assert await job_tries(scenario.client.redis, [job_id]) == {job_id: 1}
-    assert job_done_counts(workers, [job_id]) == {job_id: 1}
+    # Why a run could be short comes first: a lease lost under load, a second try.
+    assert logged(workers, "worker.lease_not_renewed") == []
     assert logged(workers, "job.reclaimed") == []
     assert logged(workers, "job.lease_lost") == []
+    assert await job_tries(scenario.client.redis, [job_id]) == {job_id: 1}
+    assert job_done_counts(workers, [job_id]) == {job_id: 1}
+    stored = json.loads(await scenario.client.redis.get(result_key_prefix + job_id))
+    assert (stored["ft"] - stored["st"]) / 1000 >= RUN_S  # it did run that long
