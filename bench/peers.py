@@ -16,9 +16,11 @@ import contextlib
 import os
 import statistics
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from redis.asyncio import Redis
 from saq.job import TERMINAL_STATUSES, Job, Status
 from saq.queue.redis import RedisQueue
 
@@ -162,6 +164,12 @@ async def saq_drain(bench: Bench, label: str) -> Outcome:
     )
 
 
+async def command_calls(redis: Redis) -> Counter[str]:
+    """Calls so far of each Redis command (INFO commandstats)."""
+    stats = await redis.info("commandstats")
+    return Counter({name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()})
+
+
 async def clear_saq_keys(bench: Bench, queue: RedisQueue) -> None:
     """Every key of this SAQ queue (its lists, sets and jobs), never a whole Redis db."""
     keys = [key async for key in bench.redis.scan_iter(match=f"saq:*{queue.name}*", count=1000)]
@@ -185,16 +193,16 @@ async def measure_round(bench: Bench, number: int, figures: dict[str, Figures]) 
         assert outcome.steady_seconds
         figures[system].drain_rates.append(outcome.count / outcome.steady_seconds)
         waits = saq_latency if system == "SAQ" else orderworker_latency
-        before = await drain.redis_commands(bench.redis)
+        before = await command_calls(bench.redis)
         figures[system].latencies.append(percentiles_ms(await waits(bench, f"{label}-lat")))
-        sent = WARMUP_JOBS + RATE * SEND_S
-        per_job = (await drain.redis_commands(bench.redis) - before) / sent
+        calls, sent = await command_calls(bench.redis) - before, WARMUP_JOBS + RATE * SEND_S
+        per_job = ", ".join(f"{name} {n / sent:.1f}" for name, n in calls.most_common(12))
         found = figures[system].latencies[-1]
         say(
             f"- round {number}, {system}: drain {figures[system].drain_rates[-1]:,.0f} jobs/s "
             f"({(outcome.redis_commands or 0) / outcome.count:.1f} Redis commands/job), "
             + " / ".join(f"p{p} {ms:.1f}" for p, ms in found.items())
-            + f" ms ({per_job:.1f} Redis commands/job, both sides); "
+            + f" ms (Redis commands/job, both sides: {calls.total() / sent:.1f}; {per_job}); "
             f"load {os.getloadavg()[0]:.1f}"
         )
 
