@@ -26,7 +26,7 @@ from saq.queue.redis import RedisQueue
 
 from bench import drain
 from bench.measure import Outcome
-from bench.processes import Child
+from bench.processes import Child, cpu_seconds
 from bench.saq_worker import SAQ_FUNCTION, saq_queue
 from bench.stack import RUN_TIMEOUT_S, Bench, clear_queue_keys, say, truncate_totals
 from jobs.client import OrderClient
@@ -43,6 +43,8 @@ SYSTEMS = ("orderworker", "SAQ")
 @dataclass(slots=True)
 class Figures:
     drain_rates: list[float] = field(default_factory=list)
+    cpu_ms: list[float] = field(default_factory=list)  # the worker's CPU per job, after start-up
+    loads: list[float] = field(default_factory=list)  # 1-min load average after each round
     latencies: list[dict[int, float]] = field(default_factory=list)  # per round: p50, p90, p99
 
     def median_rate(self) -> float:
@@ -134,13 +136,13 @@ async def saq_drain(bench: Bench, label: str) -> Outcome:
     incomplete = queue.namespace("incomplete")  # queued or running jobs; finished ones leave it
     commands_before = await drain.redis_commands(bench.redis)
     worker = Child(["bench.saq_worker"], bench.env(queue.name), bench.log_dir, label)
-    first_result, polls = 0.0, 0
+    first_result, polls, startup_cpu = 0.0, 0, 0.0
 
     async def all_done() -> bool:
-        nonlocal first_result, polls
+        nonlocal first_result, polls, startup_cpu
         left, polls = int(await bench.redis.zcard(incomplete)), polls + 1
         if left < DRAIN_JOBS and not first_result:
-            first_result = time.perf_counter()
+            first_result, startup_cpu = time.perf_counter(), cpu_seconds(worker.process.pid)
         worker.check_alive()
         return left == 0
 
@@ -160,6 +162,7 @@ async def saq_drain(bench: Bench, label: str) -> Outcome:
         verification=check,
         worker_cpu_s=[stopped.cpu_seconds],
         steady_seconds=last_result - first_result,
+        startup_cpu_s=startup_cpu,
         redis_commands=commands,
     )
 
@@ -192,18 +195,23 @@ async def measure_round(bench: Bench, number: int, figures: dict[str, Figures]) 
             raise RuntimeError(f"{label}: drain check failed: {outcome.verification}")
         assert outcome.steady_seconds
         figures[system].drain_rates.append(outcome.count / outcome.steady_seconds)
+        figures[system].cpu_ms.append(
+            (outcome.worker_cpu_s[0] - outcome.startup_cpu_s) / outcome.count * 1000
+        )
         waits = saq_latency if system == "SAQ" else orderworker_latency
         before = await command_calls(bench.redis)
         figures[system].latencies.append(percentiles_ms(await waits(bench, f"{label}-lat")))
         calls, sent = await command_calls(bench.redis) - before, WARMUP_JOBS + RATE * SEND_S
         per_job = ", ".join(f"{name} {n / sent:.1f}" for name, n in calls.most_common(12))
         found = figures[system].latencies[-1]
+        figures[system].loads.append(os.getloadavg()[0])
         say(
             f"- round {number}, {system}: drain {figures[system].drain_rates[-1]:,.0f} jobs/s "
-            f"({(outcome.redis_commands or 0) / outcome.count:.1f} Redis commands/job), "
+            f"({(outcome.redis_commands or 0) / outcome.count:.1f} Redis commands/job, "
+            f"worker CPU {figures[system].cpu_ms[-1]:.2f} ms/job), "
             + " / ".join(f"p{p} {ms:.1f}" for p, ms in found.items())
             + f" ms (Redis commands/job, both sides: {calls.total() / sent:.1f}; {per_job}); "
-            f"load {os.getloadavg()[0]:.1f}"
+            f"load {figures[system].loads[-1]:.1f}"
         )
 
 
@@ -219,21 +227,28 @@ async def run_peers(bench: Bench) -> str:
 def peers_section(figures: dict[str, Figures], load_before: float, load_after: float) -> str:
     ours, saq = figures["orderworker"], figures["SAQ"]
     lines = [
-        f"| system | drain rate, {DRAIN_JOBS:,} queued jobs | p50 / p90 / p99, enqueue to result |",
-        "|---|---|---|",
+        f"| system | drain rate, {DRAIN_JOBS:,} queued jobs | worker CPU per job "
+        "| p50 / p90 / p99, enqueue to result |",
+        "|---|---|---|---|",
     ]
     for system, found in figures.items():
         cuts = " / ".join(f"{found.median_ms(p):.1f}" for p in (50, 90, 99))
-        lines.append(f"| {system} | {found.median_rate():,.0f} jobs/s | {cuts} ms |")
+        cpu = statistics.median(found.cpu_ms)
+        lines.append(f"| {system} | {found.median_rate():,.0f} jobs/s | {cpu:.2f} ms | {cuts} ms |")
     ratios = " / ".join(f"{ours.median_ms(p) / saq.median_ms(p):.2f}x" for p in (50, 90, 99))
     lines.append(
-        f"| orderworker / SAQ | {ours.median_rate() / saq.median_rate():.2f}x | {ratios} |"
+        f"| orderworker / SAQ | {ours.median_rate() / saq.median_rate():.2f}x "
+        f"| {statistics.median(ours.cpu_ms) / statistics.median(saq.cpu_ms):.2f}x | {ratios} |"
     )
     lines += ["", f"Load average (1 min) before: {load_before:.1f}, after: {load_after:.1f}.", ""]
     for system, found in figures.items():
         rounds = "; ".join(
-            f"{rate:,.0f} jobs/s, " + " / ".join(f"{cut[p]:.1f}" for p in (50, 90, 99)) + " ms"
-            for rate, cut in zip(found.drain_rates, found.latencies, strict=True)
+            f"{rate:,.0f} jobs/s, {cpu:.2f} ms CPU, "
+            + " / ".join(f"{cut[p]:.1f}" for p in (50, 90, 99))
+            + f" ms (load {load:.1f})"
+            for rate, cpu, cut, load in zip(
+                found.drain_rates, found.cpu_ms, found.latencies, found.loads, strict=True
+            )
         )
         lines.append(f"- {system}, each round: {rounds}")
     return "\n".join(lines)
