@@ -30,6 +30,7 @@ BYTECODE_CACHE = Path(__file__).with_name("results") / "pycache"
 # Every command's module (the CLI imports each only when it runs) and what health's checks import.
 WARM_IMPORTS = (
     "import importlib, worker.cli, worker.cli.health_checks, worker.replica, bench.noop_worker\n"
+    "import bench.saq_worker\n"
     "for entry in worker.cli.COMMANDS.values():\n"
     "    importlib.import_module(entry.target.partition(':')[0])"
 )

@@ -1,7 +1,7 @@
 """The benchmark, in one command: `uv run python -m bench.run [--orders N] [--quick] [--no-readme]`;
 `--soak [--jobs N] [--kills N] [--freezes N] [--freeze-s S]` runs the soak instead (bench/soak.py),
 `--latency [--orders N]` interactive latency with and without a batch (bench/latency.py),
-`--startup` the CLI's start-up (bench/startup.py).
+`--startup` the CLI's start-up (bench/startup.py), `--peers` beside SAQ (bench/peers.py).
 
 Loads the orders with set-based SQL, measures every row of the table in one run (so ratios compare
 figures taken on the same noisy machine minutes apart), prints the table and writes it, with the
@@ -26,6 +26,7 @@ from bench import drain, measure
 from bench.latency import run_latency
 from bench.measure import Outcome
 from bench.noop_worker import NOOP_FUNCTION
+from bench.peers import run_peers
 from bench.processes import exit_on_sigterm, kill_all, warm_bytecode_cache
 from bench.report import (
     RESULTS_DIR,
@@ -59,12 +60,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--freeze-s", type=float, default=10.0, help="with --soak: each freeze")
     parser.add_argument("--latency", action="store_true", help="latency, idle and during a batch")
     parser.add_argument("--startup", action="store_true", help="CLI start-up CPU only (~20 s)")
+    parser.add_argument("--peers", action="store_true", help="beside SAQ, 3 rounds (~3 min)")
     args = parser.parse_args(argv)
     if args.jobs is None:
         args.jobs = 100_000 if args.soak else 5_000
     if args.quick:
         args.orders, args.jobs, args.no_readme = args.orders or 100_000, 1_000, True
-    args.orders = args.orders or (300_000 if args.latency else 1_000_000)
+    args.orders = args.orders or (300_000 if args.latency else 20_000 if args.peers else 1_000_000)
     if args.soak and args.jobs < 3:
         parser.error("--jobs must be at least 3")
     return args
@@ -97,6 +99,16 @@ def startup(args: argparse.Namespace, log_dir: Path) -> int:
     if not args.no_readme:
         write_readme(section, "startup")
     return 0 if all(row.passed for row in rows) else 1
+
+
+async def peers_run(args: argparse.Namespace, servers: BenchServers, log_dir: Path) -> str:
+    async with open_bench(servers, args.orders, log_dir) as bench:
+        versions = await server_versions(bench.engine, bench.redis)
+        found = await run_peers(bench)
+    command = "uv run python -m bench.run --peers"
+    when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    about = f"Run of **{when}**, {bench.orders:,} orders; {machine()}; {', '.join(versions)}."
+    return f"Reproduce with `{command}`.\n\n{about}\n\n{found}"
 
 
 def tuning_of(settings: Settings) -> str:
@@ -173,6 +185,15 @@ def report(rows: list[Row], results: Results, args: argparse.Namespace, private:
     return section
 
 
+def peers_report(section: str, args: argparse.Namespace, log_dir: Path) -> int:
+    print(section)
+    (log_dir / "peers.md").write_text(section + "\n")
+    if not args.no_readme:
+        write_readme(section, "peers")
+        say("bench/README.md updated")
+    return 0
+
+
 def run(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.soak:
@@ -189,9 +210,14 @@ def run(argv: list[str] | None = None) -> int:
             bench_servers() as servers,
             asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner,
         ):
-            rows, results = runner.run(measure_run(args, servers, log_dir))
+            if args.peers:
+                section = runner.run(peers_run(args, servers, log_dir))
+            else:
+                rows, results = runner.run(measure_run(args, servers, log_dir))
     finally:
         kill_all()
+    if args.peers:
+        return peers_report(section, args, log_dir)
     section = report(rows, results, args, servers.private)
     (log_dir / "results.md").write_text(section + "\n")
     code = 0 if all(outcome.ok for outcome in results.outcomes()) and not results.problems else 1
