@@ -22,6 +22,7 @@ from db.totals import BatchPart, upsert_totals_for_batch
 from jobs.batches import BatchRun
 from jobs.client import JobRequest, OrderClient
 from tests.conftest import REPO_ROOT, StartWorker, cli_env, poll_until, queued_ids, run_cli
+from worker.harness.servers import free_port
 from worker.health import live_replicas
 from worker.settings import Settings
 
@@ -139,6 +140,13 @@ async def test_no_wait_records_a_queued_batch_that_status_follows_to_done(
     assert "queued" in waited_out.stdout
     assert f"orderworker: timeout: batch {batch_id} not done within 0.5s" in waited_out.stderr
     assert waited_out.stderr.count(NO_REPLICA) == 1
+    # The status comes from PostgreSQL: a Redis that is down only costs the replica hint.
+    no_redis = cli_env(settings, ORDERWORKER_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
+    args = ("totals", "status", batch_id, "--wait", "--timeout", "0.5", "--json")
+    without_redis = await asyncio.to_thread(run_cli, *args, env=no_redis)
+    assert without_redis.returncode == 1, without_redis.stderr  # not done, as above
+    assert json.loads(without_redis.stdout)["state"] == "queued"
+    assert "redis_unavailable" not in without_redis.stderr
 
     await start_worker()
     done = await status_of(settings, batch_id, "--wait", "--timeout", "30")

@@ -17,7 +17,7 @@ from jobs.models import PlaceOrderPayload
 from jobs.validation import validated
 from worker.cli import app
 from worker.cli.chunk_limits import check_chunk_size_for_ids_up_to
-from worker.cli.exits import UsageError, fail, run_command
+from worker.cli.exits import UsageError, fail, reports_errors, run_command
 from worker.harness.servers import free_port
 
 
@@ -246,3 +246,18 @@ def test_a_wait_that_lost_redis_is_redis_unavailable_and_names_the_batch(
     assert error["code"] == "redis_unavailable"
     assert error["message"].startswith("Redis unreachable for 30s; it runs on: follow it with: ")
     assert "orderworker totals status " in error["message"]
+
+
+def test_ctrl_c_in_a_command_is_one_line_and_with_json_one_object(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    @reports_errors
+    def interrupted(as_json: bool) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(typer.Exit) as stopped:
+        interrupted(as_json=True)
+    captured = capsys.readouterr()
+    assert stopped.value.exit_code == 130
+    assert json.loads(captured.out) == {"error": {"code": "interrupted", "message": "interrupted"}}
+    assert captured.err == "orderworker: interrupted: interrupted\n"

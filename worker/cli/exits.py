@@ -96,7 +96,9 @@ def reports_errors(command: Callable[P, None]) -> Callable[P, None]:
                 command(*args, **kwargs)
             except CommandError as error:
                 report(error)
-            except (typer.Exit, KeyboardInterrupt):
+            except KeyboardInterrupt:  # Ctrl-C: still one line, and with --json one object
+                report(CommandError("interrupted", "interrupted", EXIT_INTERRUPTED))
+            except typer.Exit:
                 raise
             except Exception as error:
                 from worker.cli.failures import command_error  # only once something failed

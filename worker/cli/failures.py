@@ -62,6 +62,8 @@ def redis_error(error: RedisError, settings: RedisSettings) -> CommandError:
     """A Redis client error as one line naming the server it came from."""
     where = f"Redis at {endpoint(settings)}"
     detail = first_line(error)
+    if _not_replicated(error):  # the job is on the primary: it may still run
+        return CommandError("not_replicated", f"{where}: {detail}")
     if isinstance(error, AuthenticationError):
         return CommandError("redis_auth_failed", f"{where} refused the login: {detail}")
     if isinstance(error, ResponseError) and "DB index is out of range" in detail:
@@ -78,6 +80,12 @@ def redis_error(error: RedisError, settings: RedisSettings) -> CommandError:
     if isinstance(error, WatchError) or "Connection refused" not in detail:
         return CommandError("redis_unavailable", f"{where} unreachable: {detail}")
     return CommandError("redis_unavailable", f"{where} refused the connection")
+
+
+def _not_replicated(error: RedisError) -> bool:
+    # Only the producer client raises it: a command that never loaded it (health) never imports it.
+    client = sys.modules.get("jobs.client")
+    return client is not None and isinstance(error, client.NotReplicatedError)
 
 
 def first_line(error: BaseException) -> str:

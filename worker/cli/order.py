@@ -13,7 +13,14 @@ from jobs.client import JobOutcome
 from jobs.errors import BAD_INPUT_CODES
 from jobs.models import PlaceOrderPayload
 from jobs.validation import validated
-from worker.cli.exits import EXIT_FAILED, EXIT_USAGE, UsageError, reports_errors
+from worker.cli.exits import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    CommandError,
+    UsageError,
+    reports_errors,
+)
 from worker.cli.numbers import ascii_int
 from worker.cli.resources import producer
 from worker.cli.runtime import configured, run_async
@@ -76,7 +83,17 @@ def place_and_report(
     # stdout stays the result; --json carries the key as a field instead.
     announce = given_key is None and not as_json
     placing = place_order(settings, customer, lines, idempotency_key, timeout, announce=announce)
-    job_id, outcome = run_async(placing)
+    retry = retry_command(customer, lines, idempotency_key)
+    try:
+        job_id, outcome = run_async(placing)
+    except CommandError as error:  # the job may be queued already (a reply lost, WAIT short)
+        message = f"{error.message}; if it was queued it still runs: to retry safely, {retry}"
+        keyed = {**error.fields, "idempotency_key": idempotency_key}
+        raise CommandError(error.code, message, error.exit_code, keyed) from None
+    except KeyboardInterrupt:
+        message = f"the order may still be placed; to retry safely or check, {retry}"
+        keyed = {"idempotency_key": idempotency_key}
+        raise CommandError("interrupted", message, EXIT_INTERRUPTED, keyed) from None
     if outcome is None:
         report_timeout(customer, lines, idempotency_key, job_id, as_json, timeout)
     if as_json:
@@ -103,14 +120,10 @@ def report_timeout(
     timeout: float,
 ) -> NoReturn:
     """The job stays queued: say so, and how to retry without risking a second order."""
-    items = " ".join(f"--item {line['item_id']}:{line['quantity']}" for line in lines)
-    retry = (
-        f"orderworker order place --customer {customer} {items}"
-        f" --idempotency-key {shlex.quote(idempotency_key)}"
-    )
+    retry = retry_command(customer, lines, idempotency_key)
     message = (
         f"no result within {timeout:g}s: the order may still be placed (job {job_id} is queued"
-        f" or running); to retry safely or check, repeat with the same key: {retry}"
+        f" or running); to retry safely or check, {retry}"
     )
     if as_json:
         error = {"code": "timeout", "message": message}
@@ -119,6 +132,15 @@ def report_timeout(
         )
     typer.echo(f"orderworker: timeout: {message}", err=True)
     raise typer.Exit(EXIT_FAILED)
+
+
+def retry_command(customer: int, lines: list[dict[str, int]], idempotency_key: str) -> str:
+    """The same request under the same key: it returns the order if one was placed."""
+    items = " ".join(f"--item {line['item_id']}:{line['quantity']}" for line in lines)
+    return (
+        f"repeat with the same key: orderworker order place --customer {customer} {items}"
+        f" --idempotency-key {shlex.quote(idempotency_key)}"
+    )
 
 
 async def place_order(
@@ -131,10 +153,10 @@ async def place_order(
     announce: bool,
 ) -> tuple[str, JobOutcome | None]:
     """The job id and its outcome; None as the outcome when the wait ran out."""
+    if announce:  # before the enqueue: whatever happens next, the key to retry with is shown
+        typer.echo(f"idempotency key {idempotency_key}", err=True)
     async with producer(settings) as client:
         job_id = await client.place_order(customer_id, items, idempotency_key)
-        if announce:  # once queued, before the wait: an interrupted wait still has the key
-            typer.echo(f"idempotency key {idempotency_key}", err=True)
         try:
             return job_id, await client.wait(job_id, timeout_s)
         except TimeoutError:

@@ -15,7 +15,14 @@ from typer.core import TyperCommand, TyperGroup
 from db.batches import BatchStatus, batch_status
 from db.engine import create_sessionmaker
 from jobs.connection import REDIS_ERRORS
-from worker.cli.exits import EXIT_FAILED, EXIT_INTERRUPTED, UsageError, fail, reports_errors
+from worker.cli.exits import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    CommandError,
+    UsageError,
+    fail,
+    reports_errors,
+)
 from worker.cli.resources import database, producer
 from worker.cli.runtime import configured, run_async
 from worker.cli.totals import totals, warn_without_replicas
@@ -107,8 +114,9 @@ async def read_status(
 
 
 async def warn_while_waiting(settings: Settings, stack: contextlib.AsyncExitStack) -> None:
-    """As `totals` does: one line if no replica reports. Only a hint: Redis may be down."""
-    with contextlib.suppress(*REDIS_ERRORS):
+    """As `totals` does: one line if no replica reports. Only a hint: Redis may be down (the
+    producer reports that as a CommandError), and the status comes from PostgreSQL anyway."""
+    with contextlib.suppress(*REDIS_ERRORS, CommandError):
         client = await stack.enter_async_context(producer(settings))
         await stack.enter_async_context(warn_without_replicas(client))
 
