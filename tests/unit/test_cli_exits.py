@@ -18,6 +18,7 @@ from jobs.validation import validated
 from worker.cli import app
 from worker.cli.chunk_limits import check_chunk_size_for_ids_up_to
 from worker.cli.exits import UsageError, fail, reports_errors, run_command
+from worker.cli.totals import read_ids
 from worker.harness.servers import free_port
 
 
@@ -261,3 +262,9 @@ def test_ctrl_c_in_a_command_is_one_line_and_with_json_one_object(
     assert stopped.value.exit_code == 130
     assert json.loads(captured.out) == {"error": {"code": "interrupted", "message": "interrupted"}}
     assert captured.err == "orderworker: interrupted: interrupted\n"
+
+
+def test_a_file_of_ids_may_start_with_a_byte_order_mark(tmp_path: Path) -> None:
+    path = tmp_path / "ids.txt"
+    path.write_bytes("\ufeff1\r\n2\r\n".encode())  # as Notepad saves it
+    assert read_ids(str(path)) == [1, 2]

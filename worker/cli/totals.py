@@ -81,7 +81,7 @@ def read_ids(source: str) -> list[int]:
     """Ids separated by newlines, spaces or commas, in ASCII digits, from UTF-8 text."""
     try:
         data = sys.stdin.buffer.read() if source == "-" else Path(source).read_bytes()
-        text_in = data.decode("utf-8")
+        text_in = data.decode("utf-8-sig")  # a byte-order mark, as Windows editors write, is no id
     except OSError as error:
         raise UsageError(f"--file {source}: {error.strerror}", INVALID_INPUT) from None
     except UnicodeDecodeError as error:
