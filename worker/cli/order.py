@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import shlex
 import uuid
-from typing import Annotated, Any, NoReturn
+from typing import Annotated
 
 import typer
 
@@ -94,44 +94,22 @@ def place_and_report(
         message = f"the order may still be placed; to retry safely or check, {retry}"
         keyed = {"idempotency_key": idempotency_key}
         raise CommandError("interrupted", message, EXIT_INTERRUPTED, keyed) from None
-    if outcome is None:
-        report_timeout(customer, lines, idempotency_key, job_id, as_json, timeout)
-    if as_json:
-        body: dict[str, Any] = (
-            dict(outcome.result)
-            if outcome.success
-            else {"job_id": outcome.job_id, "error": outcome.result}
+    if outcome is None:  # the job stays queued: say so, and how to retry without a second order
+        message = (
+            f"no result within {timeout:g}s: the order may still be placed (job {job_id} is"
+            f" queued or running); to retry safely or check, {retry}"
         )
-        typer.echo(json.dumps({**body, "idempotency_key": idempotency_key}))
-    elif outcome.success:
-        typer.echo(f"order {outcome.result['order_id']} placed, total {outcome.result['total']}")
+        keyed = {"job_id": job_id, "idempotency_key": idempotency_key}
+        raise CommandError("timeout", message, EXIT_FAILED, keyed)
     if not outcome.success:
-        code = outcome.result.get("code", "")
-        typer.echo(f"orderworker: {code}: {outcome.result.get('message')}", err=True)
-        raise typer.Exit(EXIT_USAGE if code in BAD_INPUT_CODES else EXIT_FAILED)
-
-
-def report_timeout(
-    customer: int,
-    lines: list[dict[str, int]],
-    idempotency_key: str,
-    job_id: str,
-    as_json: bool,
-    timeout: float,
-) -> NoReturn:
-    """The job stays queued: say so, and how to retry without risking a second order."""
-    retry = retry_command(customer, lines, idempotency_key)
-    message = (
-        f"no result within {timeout:g}s: the order may still be placed (job {job_id} is queued"
-        f" or running); to retry safely or check, {retry}"
-    )
+        code = str(outcome.result.get("code", ""))
+        exit_code = EXIT_USAGE if code in BAD_INPUT_CODES else EXIT_FAILED
+        keyed = {"job_id": outcome.job_id, "idempotency_key": idempotency_key}
+        raise CommandError(code, str(outcome.result.get("message")), exit_code, keyed)
     if as_json:
-        error = {"code": "timeout", "message": message}
-        typer.echo(
-            json.dumps({"job_id": job_id, "error": error, "idempotency_key": idempotency_key})
-        )
-    typer.echo(f"orderworker: timeout: {message}", err=True)
-    raise typer.Exit(EXIT_FAILED)
+        typer.echo(json.dumps({**outcome.result, "idempotency_key": idempotency_key}))
+    else:
+        typer.echo(f"order {outcome.result['order_id']} placed, total {outcome.result['total']}")
 
 
 def retry_command(customer: int, lines: list[dict[str, int]], idempotency_key: str) -> str:
