@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from functools import wraps
@@ -64,7 +64,7 @@ def report(error: CommandError) -> NoReturn:
     raise typer.Exit(error.exit_code)
 
 
-def show_error(code: str, message: str, fields: dict[str, str] | None = None) -> None:
+def show_error(code: str, message: str, fields: Mapping[str, object] | None = None) -> None:
     """The one line on stderr; with `--json`, also the one error object on stdout."""
     if json_output.get():
         typer.echo(json.dumps({**(fields or {}), **error_field(code, message)}))

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
-from worker.cli.exits import EXIT_FAILED, error_field, reports_errors
+from worker.cli.exits import EXIT_FAILED, reports_errors, show_error
 from worker.liveness import live_replicas
 
 
@@ -67,12 +67,11 @@ def probe(as_json: bool, *, live: bool, ready: bool) -> int:
             for c in checks
         ]
     failing = "; ".join(line for ok, line in lines if not ok)
-    if as_json:
+    if as_json and failing:  # the one error path: the report beside the error object
         code = "not_live" if live and not report["live"] else "not_ready"
-        failure = error_field(code, failing) if failing else {}
-        typer.echo(json.dumps({"healthy": not failing, **report, **failure}))
-        if failing:
-            typer.echo(f"orderworker: {code}: {failing}", err=True)
+        show_error(code, failing, {"healthy": False, **report})
+    elif as_json:
+        typer.echo(json.dumps({"healthy": True, **report}))
     else:
         for ok, line in lines:
             typer.echo(line, err=not ok)
