@@ -7,18 +7,17 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from arq import ArqRedis, create_pool
 from arq.connections import RedisSettings
 from arq.constants import job_key_prefix, result_key_prefix, retry_key_prefix
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, WatchError
+from redis.commands.core import AsyncScript
+from redis.exceptions import RedisError
 
-from jobs.connection import REDIS_ERRORS, close_sentinels
+from jobs.connection import close_sentinels
 from jobs.lanes import done_channel, lane_of, lane_queue, wake_channel
 from jobs.notices import FALLBACK_READ_S, DoneNotices
 from jobs.serialization import decode_result, deserialize, serialize
@@ -28,8 +27,9 @@ JOB_EXPIRY_MS = 24 * 3600 * 1000  # as arq: an unstarted job is dropped after a 
 PIPELINE_BATCH = 500
 DEFAULT_WAIT_TIMEOUT_MS = 1000
 WAKE = b"1"  # the wake channel's payload is never read
-# `enqueue` as one command, for WAIT to follow on its connection: KEYS the job, result and lane
-# keys; ARGV the TTL in ms, envelope, job id, score, wake channel and payload. 0: already there.
+# arq's enqueue_job (WATCH, EXISTS, then MULTI/PSETEX/ZADD/EXEC: three round trips) plus the
+# wake-up, as one command: KEYS the job, result and lane keys; ARGV the TTL in ms, envelope, job
+# id, score, wake channel and payload. 0: already queued or finished, nothing written.
 ENQUEUE_SCRIPT = """
 if redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then return 0 end
 redis.call('PSETEX', KEYS[1], ARGV[1], ARGV[2])
@@ -78,6 +78,7 @@ class OrderClient:
         self.redis = redis
         self.queue_name = queue_name
         self.notices = DoneNotices(redis, done_channel(queue_name))
+        self._enqueue_script: AsyncScript = redis.register_script(ENQUEUE_SCRIPT)
         replication = replication or Replication()
         self.replicas_to_wait = replication.replicas_to_wait
         self.wait_timeout_ms = replication.wait_timeout_ms
@@ -109,44 +110,29 @@ class OrderClient:
     async def enqueue(self, function: str, job_id: str | None = None, **kwargs: Any) -> str:
         """Enqueue one job; returns its id. An id that is already queued is not enqueued twice."""
         job_id = job_id or uuid.uuid4().hex
-        if self.replicas_to_wait:
-            await self._enqueue_replicated(function, job_id, kwargs)
-            return job_id
-        job_key = job_key_prefix + job_id
-        refused = already_queued(job_id)
-        # As arq's enqueue_job, plus the wake-up inside the same transaction.
-        async with lost_connection_is_an_outage(job_id), self.redis.pipeline(True) as pipe:
-            await pipe.watch(job_key)
-            if await pipe.exists(job_key, result_key_prefix + job_id):
-                await pipe.reset()  # type: ignore[no-untyped-call]  # untyped in redis-py
-                raise refused
-            now_ms = int(time.time() * 1000)
-            pipe.multi()  # type: ignore[no-untyped-call]
-            pipe.psetex(job_key, JOB_EXPIRY_MS, envelope(function, kwargs, now_ms))
-            pipe.zadd(self.lane_queue_of(function), {job_id: now_ms})
-            pipe.publish(wake_channel(self.queue_name), WAKE)
-            try:
-                await pipe.execute()
-            except WatchError as error:
-                if not connection_lost(error):
-                    raise refused from None  # enqueued by someone else since the check
-                raise
-        return job_id
-
-    async def _enqueue_replicated(self, function: str, job_id: str, kwargs: dict[str, Any]) -> None:
-        """The same checks and writes in one script, and WAIT right after it on its connection:
-        WAIT covers only its own connection's writes, and a retry sends both again together."""
         now_ms = int(time.time() * 1000)
-        keys = (job_key_prefix + job_id, result_key_prefix + job_id, self.lane_queue_of(function))
+        keys = [job_key_prefix + job_id, result_key_prefix + job_id, self.lane_queue_of(function)]
         data = envelope(function, kwargs, now_ms)
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.execute_command("EVAL", ENQUEUE_SCRIPT, len(keys), *keys, JOB_EXPIRY_MS, data,
-                                 job_id, now_ms, wake_channel(self.queue_name), WAKE)  # fmt: skip
-            pipe.execute_command("WAIT", self.replicas_to_wait, self.wait_timeout_ms)
-            written, acknowledged = await pipe.execute()
+        wake = wake_channel(self.queue_name)
+        args: list[bytes | str | int] = [JOB_EXPIRY_MS, data, job_id, now_ms, wake, WAKE]
+        if self.replicas_to_wait:
+            written = await self._enqueue_replicated(keys, args)
+        else:
+            written = await self._enqueue_script(keys=keys, args=args)
         if not written:
             raise already_queued(job_id)
-        self._check_replicated(int(acknowledged))
+        return job_id
+
+    async def _enqueue_replicated(self, keys: list[str], args: list[bytes | str | int]) -> int:
+        """The script, and WAIT right after it on its connection: WAIT covers only its own
+        connection's writes, and a retry sends both again together."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.execute_command("EVAL", ENQUEUE_SCRIPT, len(keys), *keys, *args)
+            pipe.execute_command("WAIT", self.replicas_to_wait, self.wait_timeout_ms)
+            written, acknowledged = await pipe.execute()
+        if written:
+            self._check_replicated(int(acknowledged))
+        return int(written)
 
     async def place_order(
         self, customer_id: int, items: Sequence[dict[str, int]], idempotency_key: str | None = None
@@ -234,24 +220,6 @@ class OrderClient:
 
 def already_queued(job_id: str) -> ValueError:
     return ValueError(f"a job with id {job_id!r} is already queued or has a result")
-
-
-def connection_lost(error: WatchError) -> bool:
-    """redis-py reports a connection lost under WATCH as a WatchError, the optimistic-lock
-    signal; the connection error it replaces is its context."""
-    return isinstance(error.__context__, REDIS_ERRORS)
-
-
-@asynccontextmanager
-async def lost_connection_is_an_outage(job_id: str) -> AsyncIterator[None]:
-    """A connection lost mid-enqueue is a Redis outage, as callers that wait one out expect."""
-    try:
-        yield
-    except WatchError as error:
-        if not connection_lost(error):
-            raise
-        message = f"connection to Redis lost while enqueueing job {job_id}"
-        raise RedisConnectionError(message) from error
 
 
 def envelope(function: str, kwargs: dict[str, Any], enqueued_ms: int) -> bytes:

@@ -1,6 +1,8 @@
 """Our claim and finish against arq's own, on a real Redis: the same keys laid out, arq's code run,
 then ours, and the Redis state each leaves compared (values, TTLs, queue and abort-set membership).
-The queue holds no batch jobs, so the batch lane plays no part: ours must be arq's to the key.
+The queue holds no batch jobs, so the batch lane plays no part: ours must be arq's to the key. A
+claim is compared once its jobs have reached their function: arq's poll, start_jobs and run_job's
+opening transaction against our claim script, which does that opening too (openings.py).
 """
 
 from __future__ import annotations
@@ -20,10 +22,13 @@ from arq.constants import (
     result_key_prefix,
     retry_key_prefix,
 )
+from arq.jobs import serialize_job
+from arq.typing import WorkerCoroutine
 from arq.worker import Worker, func
 
 from jobs.connection import redis_settings_from_url
 from worker.arq_seam.worker import SeamWorker
+from worker.harness.polling import poll_until
 
 TTL_TOLERANCE_MS = 1_000
 KEY_PREFIXES = (in_progress_key_prefix, retry_key_prefix, job_key_prefix, result_key_prefix)
@@ -41,9 +46,12 @@ async def pool(redis_url: str) -> AsyncIterator[ArqRedis]:
     await arq_redis.aclose()
 
 
-def arq_worker(pool: ArqRedis, queue_name: str, max_jobs: int) -> Worker:
+Job = WorkerCoroutine
+
+
+def arq_worker(pool: ArqRedis, queue_name: str, max_jobs: int, job: Job = never_called) -> Worker:
     return Worker(
-        functions=[func(never_called, name="job")],
+        functions=[func(job, name="job")],
         redis_pool=pool,
         queue_name=queue_name,
         max_jobs=max_jobs,
@@ -52,9 +60,11 @@ def arq_worker(pool: ArqRedis, queue_name: str, max_jobs: int) -> Worker:
     )
 
 
-def seam_worker(pool: ArqRedis, queue_name: str, max_jobs: int) -> SeamWorker:
+def seam_worker(
+    pool: ArqRedis, queue_name: str, max_jobs: int, job: Job = never_called
+) -> SeamWorker:
     return SeamWorker(
-        functions=[func(never_called, name="job")],
+        functions=[func(job, name="job")],
         replica_id=REPLICA_ID,
         shutdown_grace_s=1.0,
         redis_pool=pool,
@@ -64,16 +74,14 @@ def seam_worker(pool: ArqRedis, queue_name: str, max_jobs: int) -> SeamWorker:
     )
 
 
-def park_jobs(worker: Worker, monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
-    """Jobs a claim starts are recorded and parked: only the claim itself is compared."""
-    started: list[tuple[str, int]] = []
+def parking(started: list[tuple[str, int]]) -> Job:
+    """A job function that records its job and waits: only the claim and opening are compared."""
 
-    async def parked(job_id: str, score: int) -> None:
-        started.append((job_id, score))
+    async def parked(ctx: dict[str, Any]) -> None:
+        started.append((ctx["job_id"], ctx["score"]))
         await asyncio.Event().wait()
 
-    monkeypatch.setattr(worker, "run_job", parked)
-    return started
+    return parked
 
 
 async def unpark(worker: Worker) -> None:
@@ -123,23 +131,25 @@ async def lay_out_queue(redis: ArqRedis, queue_name: str, ids: dict[str, str], n
     await redis.zadd(queue_name, {**due, ids["running"]: now - 20, ids["deferred"]: now + 60_000})
     await redis.set(in_progress_key_prefix + ids["running"], b"1", px=30_000)
     for job_id in ids.values():
-        await redis.set(job_key_prefix + job_id, b"{}", px=60_000)
+        await redis.set(
+            job_key_prefix + job_id, serialize_job("job", (), {}, None, 1_000), px=60_000
+        )
     await redis.set(retry_key_prefix + ids["b"], b"1", px=60_000)
 
 
 async def claim_with(
-    make: Callable[[ArqRedis, str, int], Worker],
+    make: Callable[[ArqRedis, str, int, Job], Worker],
     pool: ArqRedis,
     queue_name: str,
     ids: dict[str, str],
-    monkeypatch: pytest.MonkeyPatch,
 ) -> tuple[list[tuple[str, int]], Snapshot]:
     now = int(time.time() * 1000)
     await lay_out_queue(pool, queue_name, ids, now)
-    worker = make(pool, queue_name, 3)
-    started = park_jobs(worker, monkeypatch)
+    started: list[tuple[str, int]] = []
+    worker = make(pool, queue_name, 3, parking(started))
     # One poll: arq reads the due ids, then claims them one by one; ours is one script.
     await worker._poll_iteration()
+    await poll_until(lambda: len(started) == 3, "the three claimed jobs to reach their function")
     state = await snapshot(pool, queue_name, list(ids.values()))
     await unpark(worker)
     await forget(pool, queue_name, list(ids.values()))
@@ -148,16 +158,17 @@ async def claim_with(
 
 
 def relative_scores(started: list[tuple[str, int]], now: int) -> list[tuple[str, int]]:
-    return [(job_id, score - now) for job_id, score in started]
+    # In queue order: the jobs' tasks reach their function in whatever order they are scheduled.
+    return sorted(((job_id, score - now) for job_id, score in started), key=lambda job: job[1])
 
 
-async def test_our_claim_leaves_what_arqs_poll_and_start_jobs_leave(
-    pool: ArqRedis, queue_name: str, monkeypatch: pytest.MonkeyPatch
+async def test_our_claim_leaves_what_arqs_poll_start_jobs_and_opening_leave(
+    pool: ArqRedis, queue_name: str
 ) -> None:
     names = ["a", "b", "c", "d", "e", "running", "deferred", "gone"]
     ids = {name: f"claim-{name}-{uuid.uuid4().hex[:8]}" for name in names}
-    their_jobs, theirs = await claim_with(arq_worker, pool, queue_name, ids, monkeypatch)
-    our_jobs, ours = await claim_with(seam_worker, pool, queue_name, ids, monkeypatch)
+    their_jobs, theirs = await claim_with(arq_worker, pool, queue_name, ids)
+    our_jobs, ours = await claim_with(seam_worker, pool, queue_name, ids)
     assert [job_id for job_id, _ in their_jobs] == [ids["a"], ids["b"], ids["c"]]
     assert our_jobs == their_jobs  # the same jobs, with the same queue scores
     # Scores were laid out relative to each run's clock: compare them the same way.

@@ -140,6 +140,70 @@ async def test_passes_our_running_jobs_without_a_look_and_reads_no_further_than_
     await redis.delete(job_key_prefix + beyond)
 
 
+async def test_says_which_lanes_have_due_jobs_it_did_not_reach(
+    redis: Redis, queue_name: str
+) -> None:
+    """A freed slot is worth another claim only when the last one left due jobs behind."""
+    now = int(time.time() * 1000)
+    batch_lane = lane_queue(queue_name, "batch")
+    first, second, chunk = named(queue_name, "first", "second", "chunk")
+    claims = LaneClaims(redis, queue_name, REPLICA)
+    assert (await claim(claims, now)).more == frozenset()  # both lanes read to their end
+    await queue_jobs(redis, queue_name, {first: now - 2, second: now - 1})
+    await queue_jobs(redis, batch_lane, {chunk: now - 3})
+    out_of_slots = await claim(claims, now, free=1)
+    assert out_of_slots.jobs() == [(first, now - 2, "interactive")]
+    assert out_of_slots.more == {"interactive", "batch"}  # the batch lane was not read at all
+    batch_full = await claim(claims, now, batch_free=0, running=[first])
+    assert batch_full.jobs() == [(second, now - 1, "interactive")]
+    assert batch_full.more == {"batch"}
+    rest = await claim(claims, now, running=[first, second])
+    assert (rest.jobs(), rest.more) == ([(chunk, now - 3, "batch")], frozenset())
+
+
+async def test_jobs_passed_over_take_no_room_in_the_read_window(
+    redis: Redis, queue_name: str
+) -> None:
+    """Ids held here or elsewhere ahead of a due job never hide it, whatever the read limit."""
+    now = int(time.time() * 1000)
+    ours, held, due = named(queue_name, "ours", "held", "due")
+    await queue_jobs(redis, queue_name, {ours: now - 3, held: now - 2, due: now - 1})
+    await redis.set(in_progress_key_prefix + held, b"other-replica", px=TTL_MS)
+    claims = LaneClaims(redis, queue_name, REPLICA)
+    first = await claim(claims, now, read_limit=1, running=[ours])
+    assert first.jobs() == [] and first.more == {"interactive"}  # the window ended at `held`
+    second = await claim(claims, now, read_limit=1, running=[ours])  # `held` now passed unread
+    assert second.jobs() == [(due, now - 1, "interactive")]
+    assert second.more == {"interactive"}  # the window was full again: there may be more
+    await redis.delete(in_progress_key_prefix + held)
+
+
+async def test_a_claim_does_arqs_opening_and_a_release_gives_its_try_back(
+    redis: Redis, queue_name: str
+) -> None:
+    """The claim reads the job and counts its try (arq's run_job opening); a claim given back
+    unstarted leaves the try count as it was before, gone if it was the first."""
+    now = int(time.time() * 1000)
+    first, again, expired = named(queue_name, "first", "again", "expired")
+    await queue_jobs(redis, queue_name, {first: now - 3, again: now - 2, expired: now - 1})
+    for job_id in (first, again):
+        await redis.set(job_key_prefix + job_id, envelope("place_order"), px=TTL_MS)
+    await redis.set(retry_key_prefix + again, b"2")
+    claimed = await claim(LaneClaims(redis, queue_name, REPLICA), now)
+    openings = {job_id: (o.envelope, o.job_try) for job_id, o in claimed.openings.items()}
+    assert openings == {
+        first: (envelope("place_order"), 1),
+        again: (envelope("place_order"), 3),
+        expired: (None, 1),  # arq's run_job then fails it as expired
+    }
+    assert 88_000 < await redis.ttl(retry_key_prefix + first) <= 88_400  # arq's expiry
+    await QueueScripts(redis, queue_name, REPLICA).release([first, again, expired])
+    assert await redis.get(retry_key_prefix + again) == b"2"
+    assert not await redis.exists(retry_key_prefix + first, retry_key_prefix + expired)
+    assert not await redis.exists(*(in_progress_key_prefix + job_id for job_id in openings))
+    await redis.delete(*(job_key_prefix + job_id for job_id in openings), retry_key_prefix + again)
+
+
 async def next_message(pubsub: PubSub, timeout_s: float = 5.0) -> bytes | None:
     """The next message's data; the subscription's own confirmation is skipped."""
     async with asyncio.timeout(timeout_s):

@@ -7,14 +7,12 @@ import pytest
 from redis.exceptions import (
     AuthenticationError,
     ResponseError,
-    WatchError,
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from db.connect_errors import DatabaseLoginError
 from db.schema import SchemaMissingError
-from jobs.client import lost_connection_is_an_outage
 from jobs.connection import redis_settings_from_url
 from jobs.errors import InvalidPayloadError, UnknownCustomerError
 from worker.cli.exits import CommandError
@@ -102,19 +100,3 @@ def test_every_error_becomes_a_code_and_an_exit_code(
     assert isinstance(described, CommandError)
     assert (described.code, described.exit_code) == (code, exit_code)
     assert "\n" not in described.message
-
-
-async def test_a_connection_lost_under_watch_is_a_redis_connection_error() -> None:
-    with pytest.raises(RedisConnectionError, match="lost while enqueueing job job-1"):
-        async with lost_connection_is_an_outage("job-1"):
-            try:
-                raise RedisConnectionError("Connection reset by peer")
-            except RedisConnectionError:
-                # What redis-py raises when a watched connection dies: the error is its context.
-                raise WatchError("A ConnectionError occurred on while watching") from None
-
-
-async def test_a_watched_key_that_changed_is_still_a_watch_error() -> None:
-    with pytest.raises(WatchError):
-        async with lost_connection_is_an_outage("job-1"):
-            raise WatchError("Watched variable changed.")

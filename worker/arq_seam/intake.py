@@ -18,6 +18,7 @@ from arq.worker import Worker
 
 from jobs.lanes import Lane
 from worker.arq_seam.lane_claims import LaneClaims
+from worker.arq_seam.openings import Opening
 from worker.arq_seam.scripts import QueueScripts
 from worker.metrics import ReplicaMetrics
 
@@ -34,13 +35,16 @@ class Intake:
         self.lanes: dict[str, Lane] = {}  # the lane of each job this replica is running
         self.batch_running = 0
         self._slot_freed = asyncio.Event()
-        self._news = asyncio.Event()  # a slot freed or a wake-up: worth another claim
+        self._news = asyncio.Event()  # a wake-up, or a freed slot a due job may use
+        self._more: frozenset[Lane] = frozenset()  # lanes the last claim did not read to the end
         # Held while a claim is on its way: a drain waits for it before it stops the poll loop,
         # so no claim is ever cut off between Redis setting in-progress keys and us hearing so.
         self.claiming = asyncio.Lock()
         # Jobs whose function arq has reached (its on_job_start hook): only those may be cut
         # off; a cancel in arq's opening transaction could leave its try counted or not.
         self.started: set[str] = set()
+        # arq's opening of each claimed job, done by the claim, until run_job takes it.
+        self.openings: dict[str, Opening] = {}
 
     def free_slots(self) -> int:
         return self.worker.max_jobs - self.worker.job_counter
@@ -54,6 +58,14 @@ class Intake:
 
     def may_take(self) -> bool:
         return self.worker.allow_pick_jobs and self.free_slots() > 0
+
+    def could_take_more(self) -> bool:
+        """Whether a claim now may find a job the last one left: a lane it did not read to the
+        end, with a slot that lane may use. Otherwise only a wake-up or the poll delay is news."""
+        more = self._more
+        return ("interactive" in more and self.free_slots() > 0) or (
+            "batch" in more and self.free_batch_slots() > 0
+        )
 
     async def wait_for_free_slot(self) -> bool:
         """With every slot busy arq sleeps a whole poll period before it looks again, and slots
@@ -73,7 +85,8 @@ class Intake:
         self._news.clear()
 
     async def wait_for_news(self, timeout_s: float) -> None:
-        """After a claim found nothing: until a wake-up, a freed slot or `timeout_s`."""
+        """After a claim took all it could: until a wake-up, a freed slot that may take a job
+        left due (could_take_more), or `timeout_s`."""
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout_s):
                 await self._news.wait()
@@ -105,23 +118,31 @@ class Intake:
                 running=self.lanes.keys(),
             )
             jobs = claimed.jobs()
+            self._more = claimed.more
+            self.openings.update(claimed.openings)
             if claimed.reclaimed:
                 log.info("job.reclaimed", job_ids=claimed.reclaimed)
                 if self.metrics is not None:
                     self.metrics.leases_reclaimed.inc(len(claimed.reclaimed))
             if not worker.allow_pick_jobs:  # a drain began while the claim was on its way
-                await scripts.release([job_id for job_id, _, _ in jobs])
+                await self._give_back(scripts, [job_id for job_id, _, _ in jobs])
                 return 0
             # A job retried at once can be due again before its last run's task has ended here:
             # give it back rather than run two tasks under one id; the next poll takes it.
-            still_ending = [job_id for job_id, _, _ in jobs if job_id in self.lanes]
+            still_ending = [job for job in jobs if job[0] in self.lanes]
             if still_ending:
-                await scripts.release(still_ending)
-                jobs = [job for job in jobs if job[0] not in still_ending]
+                await self._give_back(scripts, [job_id for job_id, _, _ in still_ending])
+                self._more |= {lane for _, _, lane in still_ending}  # due once their tasks end
+                jobs = [job for job in jobs if job not in still_ending]
         for job_id, score, lane in jobs:
             await worker.sem.acquire()  # free at once: only this loop takes slots
             self._spawn(job_id, score, lane)
         return len(jobs)
+
+    async def _give_back(self, scripts: QueueScripts, job_ids: list[str]) -> None:
+        for job_id in job_ids:
+            self.openings.pop(job_id, None)
+        await scripts.release(job_ids)
 
     def _spawn(self, job_id: str, score: int, lane: Lane) -> None:
         worker = self.worker
@@ -142,12 +163,14 @@ class Intake:
     def _job_ended(self, job_id: str) -> None:
         # arq's _release_sem_dec_counter_on_complete, plus a wake-up for the waits above.
         self.started.discard(job_id)
+        self.openings.pop(job_id, None)  # a task cancelled before run_job took it
         if self.lanes.pop(job_id, None) == "batch":
             self.batch_running -= 1
         self.worker.job_counter -= 1
         self.worker.sem.release()
         self._slot_freed.set()
-        self._news.set()
+        if self.could_take_more():
+            self._news.set()
 
 
 def running_jobs(tasks: dict[str, asyncio.Task[Any]]) -> list[str]:

@@ -15,7 +15,12 @@ own id are never taken over (arq's claim lasts its TTL; our own job is still run
 Per poll the script costs one read of each lane plus a few commands per job it claims or moves,
 not per job it passes: the replica's own running jobs (named in the call) are passed without a
 look, so are jobs another replica held at a look less than HELD_RECHECK_S ago, and the read stops
-at the last free slot. arq's start_jobs re-checks every id it reads, every poll.
+at the last free slot. arq's start_jobs re-checks every id it reads, every poll. A lane is read a
+page at a time, each page as large as the free slots plus the ids passed over (which so never hide
+a due job), up to `queue_read_limit` ids beyond those: a busy queue is not read 100 ids at a time
+to fill one slot. The reply says which lanes have due jobs the claim did not reach, so a freed
+slot is worth another claim only then. With each claimed job the script also does arq's opening
+transaction of `run_job` (read the job, count the try) and returns its result (openings.py).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from __future__ import annotations
 import time
 from collections.abc import Collection
 from dataclasses import dataclass, field
+from typing import Any
 
 import structlog
 from arq.constants import in_progress_key_prefix, job_key_prefix, retry_key_prefix
@@ -30,111 +36,32 @@ from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
 from jobs.lanes import BATCH_FUNCTIONS, Lane, lane_queue
+from worker.arq_seam.claim_script import CLAIM_SCRIPT
 from worker.arq_seam.leases import lease_prefix
+from worker.arq_seam.openings import Opening
 
 # How long a claim seen held by another replica is passed over unread: the delay it adds, at most,
 # to taking over a lapsed claim, against one look per held job per claim (20 claims a second and
 # more on a busy replica).
 HELD_RECHECK_S = 0.2
 
-# KEYS[1]: the interactive lane, KEYS[2]: the batch lane. ARGV: now in ms, the in-progress TTL
-# in ms, free slots, free batch slots, how many due ids to read from each lane, the in-progress
-# and job key prefixes, this replica's id, the lease key prefix, '1' if claims of replicas
-# without a lease may be taken over, how many batch function names follow, those names, then the
-# ids of jobs to pass over unread (ours, and those seen held elsewhere a moment ago). Returns
-# {interactive, batch, reclaimed, held}: the first two a flat list of job id, score for the jobs
-# claimed; `held` the ids it found claimed by another replica (or by us) and left alone.
-CLAIM_SCRIPT = """
-local now, ttl = ARGV[1], ARGV[2]
-local free, batch_free, limit = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-local running, envelopes = ARGV[6], ARGV[7]
-local owner, leases, may_reclaim = ARGV[8], ARGV[9], ARGV[10] == '1'
-local last_name = 11 + tonumber(ARGV[11])
-local batch_functions, ours = {}, {}
-for i = 12, last_name do batch_functions[ARGV[i]] = true end
-for i = last_name + 1, #ARGV do ours[ARGV[i]] = true end
-
--- A missing or undecodable envelope is interactive: arq's run_job fails it as it always did.
-local function is_batch(job_id)
-    local envelope = redis.call('GET', envelopes .. job_id)
-    if not envelope then return false end
-    local named = false
-    for name in pairs(batch_functions) do  -- most envelopes are never decoded
-        if string.find(envelope, name, 1, true) then named = true end
-    end
-    if not named then return false end
-    local ok, decoded = pcall(cjson.decode, envelope)
-    return ok and type(decoded) == 'table' and batch_functions[decoded['f']] == true
-end
-
--- 'free' (no claim), 'lapsed' (its replica's lease is gone) or false: ours, or held (noted).
-local held = {}
-local function claim_state(job_id)
-    if ours[job_id] then return false end
-    local holder = redis.call('GET', running .. job_id)
-    if not holder then return 'free' end
-    if may_reclaim and holder ~= '1' and holder ~= owner
-        and redis.call('EXISTS', leases .. holder) == 0 then
-        return 'lapsed'
-    end
-    held[#held + 1] = job_id
-    return false
-end
-
-local reclaimed = {}
-local function claim(into, job_id, score, state)
-    redis.call('PSETEX', running .. job_id, ttl, owner)
-    into[#into + 1] = job_id
-    into[#into + 1] = score
-    if state == 'lapsed' then reclaimed[#reclaimed + 1] = job_id end
-    free = free - 1
-end
-
-local interactive, batch = {}, {}
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'WITHSCORES', 'LIMIT', 0, limit)
-for i = 1, #due, 2 do
-    if free == 0 then break end  -- batch jobs further on move when a later claim reaches them
-    local job_id, score = due[i], due[i + 1]
-    local state = claim_state(job_id)
-    if state then
-        if is_batch(job_id) then
-            -- Touch the in-progress key: a plain arq worker between its WATCH of it and its EXEC
-            -- then fails its claim instead of running the job in the lane it just left.
-            redis.call('SET', running .. job_id, 'moving', 'PX', 1)
-            redis.call('DEL', running .. job_id)
-            redis.call('ZADD', KEYS[2], score, job_id)
-            redis.call('ZREM', KEYS[1], job_id)
-        else
-            claim(interactive, job_id, score, state)
-        end
-    end
-end
-batch_free = math.min(batch_free, free)
-if batch_free > 0 then
-    due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'WITHSCORES', 'LIMIT', 0, limit)
-    for i = 1, #due, 2 do
-        if batch_free == 0 then break end
-        local state = claim_state(due[i])
-        if state then
-            claim(batch, due[i], due[i + 1], state)
-            batch_free = batch_free - 1
-        end
-    end
-end
-return {interactive, batch, reclaimed, held}
-"""
+BATCH_FUNCTION_NAMES = sorted(BATCH_FUNCTIONS)
 
 log = structlog.get_logger("orderworker.worker")
 
 
 @dataclass(frozen=True, slots=True)
 class LaneClaim:
-    """What one claim took: (job id, queue score) of each job now ours to run, by lane, and
-    which of them were taken over from a replica whose lease had lapsed."""
+    """What one claim took: (job id, queue score) of each job now ours to run, by lane, with
+    arq's opening of each (openings.py), and which of them were taken over from a replica whose
+    lease had lapsed."""
 
     interactive: list[tuple[str, int]]
     batch: list[tuple[str, int]]
     reclaimed: list[str] = field(default_factory=list)
+    # Lanes with due jobs the claim did not reach: a later claim, with a slot free, may find them.
+    more: frozenset[Lane] = frozenset()
+    openings: dict[str, Opening] = field(default_factory=dict)
 
     def jobs(self) -> list[tuple[str, int, Lane]]:
         taken: list[tuple[str, int, Lane]] = [(i, s, "interactive") for i, s in self.interactive]
@@ -177,32 +104,25 @@ class LaneClaims:
         if stale or may_reclaim != self._held_reclaiming:  # look at each of them again
             self._held, self._held_since = set(), time.monotonic()
             self._held_reclaiming = may_reclaim
-        reply = await self._claim(
-            keys=self.lanes,
-            args=[
-                now_ms,
-                in_progress_ttl_ms,
-                free,
-                batch_free,
-                read_limit,
-                in_progress_key_prefix,
-                job_key_prefix,
-                self.replica_id,
-                self.lease_prefix,
-                "1" if may_reclaim else "0",
-                len(BATCH_FUNCTIONS),
-                *sorted(BATCH_FUNCTIONS),
-                *running,
-                *self._held,
-            ],
-        )
-        interactive, batch, reclaimed, held = reply
+        counts = [now_ms, in_progress_ttl_ms, free, batch_free, read_limit]
+        prefixes = [in_progress_key_prefix, job_key_prefix, retry_key_prefix]
+        ours: list[str] = [self.replica_id, self.lease_prefix, "1" if may_reclaim else "0"]
+        functions = [len(BATCH_FUNCTION_NAMES), *BATCH_FUNCTION_NAMES]
+        args: list[str | int] = [*counts, *prefixes, *ours, *functions, *running, *self._held]
+        reply = await self._claim(keys=self.lanes, args=args)
+        interactive, batch, reclaimed, held, (more_interactive, more_batch) = reply
         self._held.update(_texts(held))
         unreadable: list[tuple[str, bytes]] = []
+        more: set[Lane] = {"interactive"} if more_interactive else set()
+        if more_batch:
+            more.add("batch")
+        openings: dict[str, Opening] = {}
         claim = LaneClaim(
-            interactive=_pairs(interactive, self.lanes[0], unreadable),
-            batch=_pairs(batch, self.lanes[1], unreadable),
+            interactive=_claimed(interactive, self.lanes[0], openings, unreadable),
+            batch=_claimed(batch, self.lanes[1], openings, unreadable),
             reclaimed=_texts(reclaimed),
+            more=frozenset(more),
+            openings=openings,
         )
         if unreadable:
             await self._drop(unreadable)
@@ -239,14 +159,20 @@ def _is_text(job_id: bytes) -> bool:
     return True
 
 
-def _pairs(
-    flat: list[bytes], lane: str, unreadable: list[tuple[str, bytes]]
+def _claimed(
+    flat: list[Any],
+    lane: str,
+    openings: dict[str, Opening],
+    unreadable: list[tuple[str, bytes]],
 ) -> list[tuple[str, int]]:
-    """(job id, score) pairs of the claim's reply; ids that are not UTF-8 go to `unreadable`."""
-    pairs = []
-    for job_id, score in zip(flat[::2], flat[1::2], strict=True):
+    """(job id, score) of each job in the claim's reply (id, score, envelope, try, ...), its
+    opening into `openings`; ids that are not UTF-8 go to `unreadable`."""
+    claimed = []
+    for job_id, score, envelope, job_try in zip(*[iter(flat)] * 4, strict=True):
         if _is_text(job_id):
-            pairs.append((job_id.decode(), int(float(score))))
+            text = job_id.decode()
+            claimed.append((text, int(float(score))))
+            openings[text] = Opening(text, envelope, int(job_try))
         else:
             unreadable.append((lane, job_id))
-    return pairs
+    return claimed

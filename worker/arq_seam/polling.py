@@ -2,7 +2,8 @@
 
 Mirrors arq 0.28.0 `Worker.main` (its startup and burst exit; `poll()`'s fixed sleep is gone,
 so a wake-up is never followed by the rest of a poll period) and `Worker._poll_iteration` (the
-read of due ids and `start_jobs`, abort checks, dropping finished tasks, the heartbeat). Results
+read of due ids and `start_jobs`, dropping finished tasks, the heartbeat; a replica aborts no
+jobs, so arq's abort check is never due). Results
 kept through a Redis outage (pending.py) are written before anything new is claimed.
 """
 
@@ -47,22 +48,19 @@ class Polling:
         await self.pending.flush()
         may_take = await self.intake.wait_for_free_slot()
         self.intake.forget_news()  # news from here on (during the claim) ends the wait below
-        taken, room = 0, self.intake.room(at_most) if may_take else 0
         if may_take:
-            taken = await self.intake.take(
+            await self.intake.take(
                 self.claims(),
                 self.scripts(),
                 worker.queue_read_limit,
                 at_most,
                 self.leases.may_reclaim(),
             )
-        # A claim that filled fewer slots than it offered took every due job it could: asking
-        # again at once would find nothing, and would sit between the jobs just started and
-        # Redis. Jobs it could not take yet (a full batch lane) are news when a slot frees.
-        if taken < room or not taken:
+        # Unless the claim left due jobs that a free slot may take, asking again at once would
+        # find nothing, and would sit between the jobs just started and Redis. Jobs it could not
+        # take yet (slots or a batch lane full) make a freed slot news.
+        if not may_take or not self.intake.could_take_more():
             await self.intake.wait_for_news(worker.poll_delay_s)
-        if worker.allow_abort_jobs:
-            await worker._cancel_aborted_jobs()
         for job_id, task in list(worker.tasks.items()):
             if task.done():
                 del worker.tasks[job_id]

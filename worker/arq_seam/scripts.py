@@ -44,10 +44,17 @@ redis.call('PUBLISH', ARGV[4], ARGV[3])
 return 1
 """
 
-# KEYS: in-progress keys of claims given back; ARGV[1]: this replica's id. Only our own claims.
+# KEYS: the in-progress key, then the retry key, of each claim given back; ARGV[1]: this
+# replica's id. Only our own claims; the try the claim counted (openings.py) is given back, and a
+# count back at 0 is removed, as before the claim.
 RELEASE_SCRIPT = """
-for i = 1, #KEYS do
-    if redis.call('GET', KEYS[i]) == ARGV[1] then redis.call('DEL', KEYS[i]) end
+for i = 1, #KEYS, 2 do
+    if redis.call('GET', KEYS[i]) == ARGV[1] then
+        redis.call('DEL', KEYS[i])
+        if redis.call('EXISTS', KEYS[i + 1]) == 1 and redis.call('DECR', KEYS[i + 1]) <= 0 then
+            redis.call('DEL', KEYS[i + 1])
+        end
+    end
 end
 return 1
 """
@@ -91,9 +98,14 @@ class QueueScripts:
         return bool(await self._finish(keys=keys, args=args))
 
     async def release(self, job_ids: list[str]) -> None:
-        """Give back claims on jobs that were never started: free for any replica at once."""
+        """Give back claims on jobs that were never started, and the tries their claims counted:
+        free for any replica at once."""
         if job_ids:
-            keys = [in_progress_key_prefix + job_id for job_id in job_ids]
+            keys = [
+                key
+                for job_id in job_ids
+                for key in (in_progress_key_prefix + job_id, retry_key_prefix + job_id)
+            ]
             await self._release(keys=keys, args=[self.replica_id])
 
     async def give_back_tries(self, job_ids: list[str]) -> None:

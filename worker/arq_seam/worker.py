@@ -8,10 +8,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from typing import Any
+from typing import Any, cast
 
 import structlog
-from arq.connections import create_pool, log_redis_info
+from arq.connections import ArqRedis, create_pool, log_redis_info
 from arq.constants import in_progress_key_prefix
 from arq.utils import to_ms
 from arq.worker import Function, Worker
@@ -29,6 +29,7 @@ from worker.arq_seam.intake import Intake
 from worker.arq_seam.lane_claims import LaneClaims
 from worker.arq_seam.lane_finish import LaneFinish
 from worker.arq_seam.leases import LeaseKeeper
+from worker.arq_seam.openings import CURRENT_OPENING, OpeningPool, take_opening
 from worker.arq_seam.pending import PendingWrites
 from worker.arq_seam.polling import Polling
 from worker.arq_seam.scripts import QueueScripts
@@ -61,6 +62,8 @@ class SeamWorker(Worker):
             on_job_start=self._job_started,
             **arq_options,
         )
+        if self.allow_abort_jobs:  # the claim does arq's opening without the abort check
+            raise ValueError("a replica does not abort jobs: allow_abort_jobs must be False")
         self.replica_id = replica_id
         # Without a cap of their own (a worker that runs no batch jobs), batch jobs may fill it.
         self.intake = Intake(
@@ -82,6 +85,15 @@ class SeamWorker(Worker):
         self._scripts: QueueScripts | None = None
         self._claims: LaneClaims | None = None
         self.finishing.still_ours = self._still_ours
+
+    @property
+    def pool(self) -> ArqRedis:
+        """Worker.pool, except for the one read of it that opens a claimed job's run_job: that
+        transaction was done by the claim (openings.py)."""
+        opening = take_opening()
+        if opening is not None:
+            return cast(ArqRedis, OpeningPool(opening))
+        return cast(ArqRedis, self._pool)
 
     @property
     def scripts(self) -> QueueScripts:
@@ -172,9 +184,11 @@ class SeamWorker(Worker):
     # --- Finishing jobs ---
 
     async def run_job(self, job_id: str, score: int) -> None:
-        """Wraps Worker.run_job: a Redis error before the job's finish (arq's opening
-        transaction) gives the claim back once Redis answers (pending.py). Not an outage to back
-        off from, and not a reason to end the poll loop (arq re-raises task errors there)."""
+        """Wraps Worker.run_job: its opening transaction is answered from the claim (openings.py);
+        a Redis error before the job's finish gives the claim back once Redis answers
+        (pending.py). Not an outage to back off from, and not a reason to end the poll loop (arq
+        re-raises task errors there)."""
+        CURRENT_OPENING.set(self.intake.openings.pop(job_id, None))  # this task's context only
         try:
             await super().run_job(job_id, score)
         except REDIS_ERRORS as error:

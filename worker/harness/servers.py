@@ -125,6 +125,25 @@ class PrivateRedis:
             stderr=subprocess.DEVNULL,
         )
         wait_for_port(self.port, self.process)
+        self._wait_until_loaded()
+
+    def _wait_until_loaded(self) -> None:
+        """A server replaying its append-only file answers LOADING until it is done."""
+        import redis  # imported with the server: only the harness needs the sync client
+
+        client = redis.Redis(port=self.port, socket_timeout=1)
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        try:
+            while True:
+                try:
+                    client.ping()
+                    return
+                except redis.BusyLoadingError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.05)
+        finally:
+            client.close()
 
     def kill(self) -> None:
         """SIGKILL: no shutdown, as a crashed machine; whatever it had not replicated is gone."""
