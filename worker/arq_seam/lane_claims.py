@@ -107,7 +107,7 @@ class LaneClaims:
         counts = [now_ms, in_progress_ttl_ms, free, batch_free, read_limit]
         prefixes = [in_progress_key_prefix, job_key_prefix, retry_key_prefix]
         ours: list[str] = [self.replica_id, self.lease_prefix, "1" if may_reclaim else "0"]
-        functions = [len(BATCH_FUNCTION_NAMES), *BATCH_FUNCTION_NAMES]
+        functions: list[str | int] = [len(BATCH_FUNCTION_NAMES), *BATCH_FUNCTION_NAMES]
         args: list[str | int] = [*counts, *prefixes, *ours, *functions, *running, *self._held]
         reply = await self._claim(keys=self.lanes, args=args)
         interactive, batch, reclaimed, held, (more_interactive, more_batch) = reply
