@@ -4,8 +4,8 @@ off the rest and requeue them without using a try.
 Replaces arq 0.28.0 `Worker.handle_sig_wait_for_completion` / `_wait_for_tasks_to_complete`, which
 cancel every task whatever it is doing. A job is only cut off once arq has reached its function
 (`on_job_start`): there arq's own `run_job` catches the cancel, deletes the in-progress key and
-leaves the job queued. A job still in arq's opening transaction (reading the job, counting the
-try) is left to get there, for at most `UNSTARTED_GRACE_S` more.
+leaves the job queued. A job that has not got there yet (arq's opening, answered from the claim
+in openings.py, and its checks) is left to get there, for at most `UNSTARTED_GRACE_S` more.
 """
 
 from __future__ import annotations

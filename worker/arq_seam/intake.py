@@ -41,7 +41,7 @@ class Intake:
         # so no claim is ever cut off between Redis setting in-progress keys and us hearing so.
         self.claiming = asyncio.Lock()
         # Jobs whose function arq has reached (its on_job_start hook): only those may be cut
-        # off; a cancel in arq's opening transaction could leave its try counted or not.
+        # off; before it, arq's run_job has not yet reached the code that puts a cancelled job back.
         self.started: set[str] = set()
         # arq's opening of each claimed job, done by the claim, until run_job takes it.
         self.openings: dict[str, Opening] = {}

@@ -3,8 +3,8 @@
 Mirrors arq 0.28.0 `Worker.main` (its startup and burst exit; `poll()`'s fixed sleep is gone,
 so a wake-up is never followed by the rest of a poll period) and `Worker._poll_iteration` (the
 read of due ids and `start_jobs`, dropping finished tasks, the heartbeat; a replica aborts no
-jobs, so arq's abort check is never due). Results
-kept through a Redis outage (pending.py) are written before anything new is claimed.
+jobs, so arq's abort check is never due). Results kept through a Redis outage (pending.py) are
+written before anything new is claimed.
 """
 
 from __future__ import annotations
