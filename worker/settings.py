@@ -86,7 +86,7 @@ class DatabasePoolSettings(Section):
 class WorkerTuning(Section):
     concurrency: int = Field(default=20, ge=1, le=1000)
     # The longest an idle replica waits before it looks again without a wake-up.
-    poll_delay_s: float = Field(default=0.1, gt=0, le=10)
+    poll_delay_s: float = Field(default=0.2, gt=0, le=10)
     job_timeout_s: float = Field(default=10.0, gt=0, le=600)
     max_tries: int = Field(default=5, ge=1, le=100)
     retry_base_delay_s: float = Field(default=0.5, gt=0)
