@@ -7,7 +7,12 @@ from collections.abc import AsyncIterator
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-PAGE_OF_IDS = text("SELECT id FROM orders WHERE id > :after ORDER BY id LIMIT :page_size")
+# One array per page: the driver decodes it in C, where a row per id costs SQLAlchemy's result layer
+# about a microsecond each.
+PAGE_OF_IDS = text(
+    "SELECT array_agg(id ORDER BY id) FROM"
+    " (SELECT id FROM orders WHERE id > :after ORDER BY id LIMIT :page_size) AS page"
+)
 
 
 async def order_id_pages(engine: AsyncEngine, page_size: int) -> AsyncIterator[list[int]]:
@@ -15,8 +20,8 @@ async def order_id_pages(engine: AsyncEngine, page_size: int) -> AsyncIterator[l
     after = 0
     while True:
         async with engine.connect() as connection:
-            rows = await connection.execute(PAGE_OF_IDS, {"after": after, "page_size": page_size})
-            page = list(rows.scalars())
+            params = {"after": after, "page_size": page_size}
+            page: list[int] = await connection.scalar(PAGE_OF_IDS, params) or []
         if not page:
             return
         yield page

@@ -94,7 +94,8 @@ class BatchRun:
             async for page in pages:
                 self._take(page)
                 buffered += len(page)
-                if buffered >= ENQUEUE_IDS:
+                # The first page goes out at once: replicas start on it while the rest is paged.
+                if buffered >= ENQUEUE_IDS or self.summary.jobs == 1:
                     await self._flush(seal=False)
                     buffered = 0
         finally:

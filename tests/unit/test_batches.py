@@ -87,6 +87,22 @@ async def test_submit_pages_numbers_chunks_across_enqueue_groups(
     assert await fake_redis.exists(job_key_prefix + chunk_job_id("paged", 119))
 
 
+async def test_submit_pages_enqueues_the_first_page_before_reading_the_second(
+    order_client: OrderClient, fake_redis: ArqRedis
+) -> None:
+    queued_at_second_page: list[int] = []
+
+    async def pages() -> AsyncIterator[list[int]]:
+        yield [1, 2, 3]
+        queued_at_second_page.append(await fake_redis.zcard(UNIT_BATCH_LANE))
+        yield [4, 5, 6]
+
+    run = BatchRun(order_client, batch_id="early")
+    await run.submit_pages(pages())
+    assert queued_at_second_page == [1]  # replicas start on it while the rest is paged
+    assert await fake_redis.zcard(UNIT_BATCH_LANE) == 2
+
+
 async def test_a_new_batch_gets_a_fresh_id(order_client: OrderClient) -> None:
     first, second = BatchRun(order_client), BatchRun(order_client)
     assert first.summary.batch_id != second.summary.batch_id
