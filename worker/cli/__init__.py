@@ -5,6 +5,9 @@ table names it and holds the line `orderworker --help` shows for it (its docstri
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
 import sys
 from collections.abc import Mapping
 from typing import ClassVar
@@ -66,4 +69,11 @@ def root() -> None:
 
 def main() -> None:
     """The `orderworker` command: usage errors are one line, not Typer's boxes."""
-    sys.exit(run_command(typer.main.get_command(app)))
+    code = run_command(typer.main.get_command(app))
+    # The interpreter's teardown frees every object SQLAlchemy, pydantic and arq built: 0.3 s on
+    # a 2-core machine, after the command's work is done and its connections are closed.
+    logging.shutdown()
+    with contextlib.suppress(BrokenPipeError):  # a reader that left: nothing more to tell it
+        sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
