@@ -66,10 +66,12 @@ def probe(as_json: bool, *, live: bool, ready: bool) -> int:
             else (False, f"not ready: {c.where}: {c.error}")
             for c in checks
         ]
-    failing = "; ".join(line for ok, line in lines if not ok)
+    failing = [line for ok, line in lines if not ok]
     if as_json and failing:  # the one error path: the report beside the error object
         code = "not_live" if live and not report["live"] else "not_ready"
-        show_error(code, failing, {"healthy": False, **report})
+        said = code.replace("_", " ") + ": "  # the code says it already: not twice on one line
+        message = "; ".join(line.removeprefix(said) for line in failing)
+        show_error(code, message, {"healthy": False, **report})
     elif as_json:
         typer.echo(json.dumps({"healthy": True, **report}))
     else:
