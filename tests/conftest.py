@@ -107,7 +107,8 @@ async def servers() -> AsyncIterator[Servers]:
         yield Servers(database_url, redis_url, os.environ.get(POOLER_URL_VARIABLE))
         return
     # One private stack per xdist worker: each has its own state folder.
-    stack = LocalStack(name=f"tests-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}")
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    stack = LocalStack(name=f"tests-{worker}", fresh_redis=True)
     urls = await asyncio.to_thread(stack.start)
     try:
         yield Servers(urls.database_url, urls.redis_url)

@@ -174,9 +174,13 @@ class LocalStack:
         *,
         name: str = "default",
         redis_fsync: Literal["always", "everysec"] = "everysec",
+        fresh_redis: bool = False,
     ) -> None:
         self.root = (root or state_dir()) / name
         self.redis_fsync: Literal["always", "everysec"] = redis_fsync
+        # Redis from an empty folder: for a stack whose queues need not outlive it (tests), whose
+        # append-only file would otherwise grow with every run.
+        self.fresh_redis = fresh_redis
         self.postgres: PrivatePostgres | None = None
         self.redis: PrivateRedis | None = None
 
@@ -197,6 +201,8 @@ class LocalStack:
 
     def start(self) -> StackUrls:
         self.root.mkdir(parents=True, exist_ok=True)
+        if self.fresh_redis:
+            shutil.rmtree(self.root / "redis", ignore_errors=True)
         self.postgres = PrivatePostgres(self.root / "postgres")
         self.redis = PrivateRedis(self.root / "redis", self.redis_fsync)
         self.redis.start()
