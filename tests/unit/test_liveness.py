@@ -121,7 +121,7 @@ def test_a_failed_probe_with_json_carries_the_error_object(
     monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
     absent = CliRunner().invoke(app, ["health", "--live", "--json"], prog_name="orderworker")
     assert absent.exit_code == 1
-    message = "not live: no replica on this host turned its loop lately"
+    message = "no replica on this host turned its loop lately"  # the code says "not live"
     body = json.loads(absent.stdout)
     assert body == {"healthy": False, "live": [], "error": {"code": "not_live", "message": message}}
     assert absent.stderr == f"orderworker: not_live: {message}\n"
