@@ -28,9 +28,15 @@ class IdempotencyConflictError(ValueError):
         super().__init__(f"{used_as} was first used {difference}; send a new key for a new order")
 
 
+# Unknown items named in the message: an order has up to 1,000 lines, an error is one line.
+NAMED_UNKNOWN_ITEMS = 10
+
+
 class UnknownItemsError(LookupError):
     def __init__(self, item_ids: Sequence[int]) -> None:
-        listed = ", ".join(str(item_id) for item_id in item_ids)
+        listed = ", ".join(str(item_id) for item_id in item_ids[:NAMED_UNKNOWN_ITEMS])
+        if len(item_ids) > NAMED_UNKNOWN_ITEMS:
+            listed += f" and {len(item_ids) - NAMED_UNKNOWN_ITEMS:,} more"
         super().__init__(f"items do not exist: {listed}")
         self.item_ids = list(item_ids)
 

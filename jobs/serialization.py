@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable
 from datetime import date, datetime
 from decimal import Decimal
@@ -70,6 +71,9 @@ def _json_object(data: bytes, what: str) -> dict[str, Any]:
         raise ValueError(f"{what} is not valid JSON: {error}") from None
     except RecursionError:
         raise ValueError(f"{what} nests too deeply") from None
+    except ValueError:  # the one other refusal of valid JSON: int()'s guard against huge numbers
+        limit = sys.get_int_max_str_digits()
+        raise ValueError(f"{what} holds a number over {limit} digits; no field takes one") from None
     if not isinstance(decoded, dict):
         raise ValueError(f"{what} must be a JSON object (arq's envelope)")
     return decoded

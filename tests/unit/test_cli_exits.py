@@ -116,6 +116,11 @@ def test_help_still_works(capsys: pytest.CaptureFixture[str]) -> None:
         (("1:",), "usage", "--item '1:': expected ITEM_ID:QUANTITY, e.g. 3:2"),
         (("\u0661:1",), "usage", "--item '\u0661:1': expected ITEM_ID:QUANTITY, e.g. 3:2"),
         (("+1:1",), "usage", "--item '+1:1': expected ITEM_ID:QUANTITY, e.g. 3:2"),
+        (  # longer than any id, and past int()'s own limit: one short line, not a traceback
+            (f"{'9' * 5000}:1",),
+            "usage",
+            f"--item '{'9' * 40}'... (5,002 characters): expected ITEM_ID:QUANTITY, e.g. 3:2",
+        ),
     ],
 )
 def test_bad_order_lines_are_refused_before_anything_is_enqueued(
@@ -150,6 +155,7 @@ def test_the_cli_refuses_a_payload_with_the_workers_own_code_and_words(
         ("1 \u0661\u0662\n".encode(), "line 1: '\u0661\u0662' is not an order id"),
         ("1\n\uff12\n".encode(), "line 2: '\uff12' is not an order id"),  # fullwidth
         (b"1\n-3\n", "line 2: '-3' is not an order id"),
+        (b"1\n" + b"7" * 5000, f"line 2: '{'7' * 40}'... (5,000 characters) is not an order id"),
         (b"\n\n", "no order ids in it"),
     ],
 )

@@ -18,6 +18,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from structlog.testing import capture_logs
 from structlog.typing import EventDict
 
+from db.orders import UnknownItemsError
 from jobs.context import JobContext, JobPolicy
 from jobs.errors import (
     InvalidPayloadError,
@@ -364,3 +365,12 @@ async def test_chunk_job_lines_name_their_batch_and_concurrent_jobs_keep_their_o
 async def test_other_jobs_lines_carry_no_batch() -> None:
     _, line = await run_logged(THIRTY, job_ctx(), order_id=1)
     assert "batch_id" not in line
+
+
+def test_unknown_items_are_named_up_to_ten_then_counted() -> None:
+    assert str(UnknownItemsError([7, 9])) == "items do not exist: 7, 9"
+    many = UnknownItemsError(list(range(100, 501)))
+    assert str(many) == "items do not exist: " + ", ".join(map(str, range(100, 110))) + (
+        " and 391 more"
+    )
+    assert many.item_ids == list(range(100, 501))  # all of them, for whoever needs the list

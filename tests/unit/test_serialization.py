@@ -116,6 +116,13 @@ def test_truncated_or_malformed_json_is_refused(data: bytes) -> None:
         deserialize(data)
 
 
+def test_a_number_too_long_to_read_is_refused_in_the_products_words() -> None:
+    envelope = b'{"t": 1, "f": "compute_order_total", "a": [], "k": {"order_id": %s}, "et": 1}'
+    with pytest.raises(ValueError) as refused:
+        deserialize(envelope % (b"9" * 5000))
+    assert str(refused.value) == "payload holds a number over 4300 digits; no field takes one"
+
+
 def test_deeply_nested_json_is_refused_as_a_value_error() -> None:
     with pytest.raises(ValueError):
         deserialize(b"[" * 100_000)

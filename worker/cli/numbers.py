@@ -6,8 +6,22 @@ from __future__ import annotations
 import re
 
 ASCII_DIGITS = re.compile(r"[0-9]+")
+# More than any id or quantity has (a bigint has 19): a longer number is out of every range, and
+# past 4,300 digits int() itself refuses it.
+MAX_DIGITS = 20
+SHOWN_CHARACTERS = 40  # of a value echoed in an error: enough to recognise it, one line in all
 
 
 def ascii_int(text: str) -> int | None:
-    """The number `text` spells in ASCII digits, or None if it is anything else."""
-    return int(text) if ASCII_DIGITS.fullmatch(text) else None
+    """The number `text` spells in ASCII digits, or None if it is anything else (or longer than
+    any id)."""
+    if not ASCII_DIGITS.fullmatch(text) or len(text.lstrip("0")) > MAX_DIGITS:
+        return None
+    return int(text)
+
+
+def quoted(text: str) -> str:
+    """`text` as an error shows what was typed: quoted, and cut short if it is long."""
+    if len(text) <= SHOWN_CHARACTERS:
+        return repr(text)
+    return f"{text[:SHOWN_CHARACTERS]!r}... ({len(text):,} characters)"

@@ -21,7 +21,7 @@ from worker.cli.exits import (
     UsageError,
     reports_errors,
 )
-from worker.cli.numbers import ascii_int
+from worker.cli.numbers import ascii_int, quoted
 from worker.cli.resources import producer
 from worker.cli.runtime import configured, run_async
 from worker.settings import Settings
@@ -39,7 +39,7 @@ def new_idempotency_key() -> str:
 def parse_item(value: str) -> dict[str, int]:
     item_id, _, quantity = (ascii_int(part) for part in value.partition(":"))
     if item_id is None or quantity is None:
-        raise UsageError(f"--item {value!r}: expected ITEM_ID:QUANTITY, e.g. 3:2")
+        raise UsageError(f"--item {quoted(value)}: expected ITEM_ID:QUANTITY, e.g. 3:2")
     return {"item_id": item_id, "quantity": quantity}
 
 

@@ -24,7 +24,7 @@ from jobs.connection import REDIS_ERRORS
 from worker import health as heartbeats
 from worker.cli.chunk_limits import check_chunk_size, check_chunk_size_for_ids_up_to
 from worker.cli.exits import EXIT_FAILED, EXIT_INTERRUPTED, UsageError, fail, reports_errors
-from worker.cli.numbers import ascii_int
+from worker.cli.numbers import ascii_int, quoted
 from worker.cli.resources import database, producer
 from worker.cli.runtime import configured, run_async
 from worker.settings import Settings
@@ -92,7 +92,7 @@ def read_ids(source: str) -> list[int]:
         for token in line.replace(",", " ").split():
             order_id = ascii_int(token)
             if order_id is None or order_id < 1:
-                message = f"--file {source}, line {number}: {token!r} is not an order id"
+                message = f"--file {source}, line {number}: {quoted(token)} is not an order id"
                 raise UsageError(message, INVALID_INPUT)
             ids.append(order_id)
     return ids
