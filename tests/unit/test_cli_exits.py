@@ -274,3 +274,16 @@ def test_a_file_of_ids_may_start_with_a_byte_order_mark(tmp_path: Path) -> None:
     path = tmp_path / "ids.txt"
     path.write_bytes("\ufeff1\r\n2\r\n".encode())  # as Notepad saves it
     assert read_ids(str(path)) == [1, 2]
+
+
+@pytest.mark.parametrize(
+    ("typed", "shown"),
+    [("0", "'0'"), ("9" * 100, f"'{'9' * 40}'... (100 characters)")],
+)
+def test_an_order_id_out_of_range_is_named_cut_short(
+    capsys: pytest.CaptureFixture[str], typed: str, shown: str
+) -> None:
+    exit_code, out, err = run(capsys, "totals", typed, "--json")
+
+    assert exit_code == 2
+    assert one_error(out, err)["message"] == f"{shown} is not an order id (1 to {2**63 - 1})"

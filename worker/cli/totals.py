@@ -72,7 +72,7 @@ def requested_ids(order_ids: list[int] | None, file: str | None, all_orders: boo
     ids = list(dict.fromkeys(ids))  # a repeated id is one order to total, counted once
     out_of_range = [order_id for order_id in ids if not 1 <= order_id <= MAX_ORDER_ID]
     if out_of_range:
-        message = f"{out_of_range[0]} is not an order id (1 to {MAX_ORDER_ID})"
+        message = f"{quoted(str(out_of_range[0]))} is not an order id (1 to {MAX_ORDER_ID})"
         raise UsageError(message, INVALID_INPUT)
     return ids
 
