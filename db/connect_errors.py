@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import errno
 import socket
+from typing import TYPE_CHECKING
+from urllib.parse import parse_qsl, urlsplit
 
-from sqlalchemy.engine import URL
+if TYPE_CHECKING:  # the probes name the server without importing SQLAlchemy
+    from sqlalchemy.engine import URL
 
 DEFAULT_PORT = 5432
 LOGIN_SQLSTATE_CLASS = "28"  # invalid authorization: a wrong password, an unknown role
@@ -46,13 +49,19 @@ def sqlstate(error: BaseException) -> str | None:
     return None
 
 
-def endpoint(url: URL) -> str:
-    return f"{url.host or 'localhost'}:{url.port or DEFAULT_PORT}"
+def endpoint(url: str) -> str:
+    """Where a database URL connects: `host:port`, or the socket file of a `?host=/directory`
+    URL (libpq's and asyncpg's way to name a Unix socket's directory)."""
+    parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query))
+    host = query.get("host") or parts.hostname or "localhost"
+    port = query.get("port") or parts.port or DEFAULT_PORT
+    return f"{host}/.s.PGSQL.{port}" if host.startswith("/") else f"{host}:{port}"
 
 
 def connect_error(url: URL, error: BaseException, timeout_s: float) -> DatabaseConnectError | None:
     """What a failed connection attempt to `url` means, or None if it is no connection failure."""
-    where = f"PostgreSQL at {endpoint(url)}"
+    where = f"PostgreSQL at {endpoint(url.render_as_string(hide_password=True))}"
     code = sqlstate(error)
     if code is not None:
         message = str(getattr(error, "orig", None) or error).strip().splitlines()[0]

@@ -12,6 +12,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from arq.connections import ArqRedis, create_pool
 
+from db.connect_errors import endpoint
 from jobs.connection import redacted, redis_settings_from_url
 
 READY_TIMEOUT_S = 3.0
@@ -43,8 +44,7 @@ async def redis_connection(url: str, *, conn_retries: int) -> AsyncIterator[ArqR
 
 
 def postgresql_where(database_url: str) -> str:
-    parts = urlsplit(database_url)
-    return f"postgresql {parts.hostname or 'localhost'}:{parts.port or 5432}{parts.path}"
+    return f"postgresql {endpoint(database_url)}{urlsplit(database_url).path}"
 
 
 def asyncpg_dsn(database_url: str) -> str:

@@ -143,3 +143,10 @@ async def test_the_engine_hands_sslmode_to_asyncpg_as_ssl(monkeypatch: pytest.Mo
         await engine.dispose()
     assert seen["ssl"] == "require"
     assert "sslmode" not in seen
+
+
+def test_a_socket_url_is_named_by_its_socket_file() -> None:
+    url = make_url("postgresql+asyncpg://app:hunter2@/orders?host=/var/run/postgresql")
+    failure = connect_error(url, ConnectionRefusedError(111, "Connect call failed"), 10)
+
+    assert str(failure) == "PostgreSQL at /var/run/postgresql/.s.PGSQL.5432 refused the connection"

@@ -60,3 +60,18 @@ async def test_a_server_that_never_answers_is_a_timeout() -> None:
         port = silent.getsockname()[1]
         check = await check_postgresql(f"postgresql+asyncpg://u@127.0.0.1:{port}/x", 0.3)
     assert check.error == "no answer within 0.3 s"
+
+
+@pytest.mark.parametrize(
+    ("url", "where"),
+    [
+        (
+            "postgresql+asyncpg://u@/orders?host=/var/run/postgresql",
+            "/var/run/postgresql/.s.PGSQL.5432",
+        ),
+        ("postgresql+asyncpg://u@/orders?host=/tmp&port=6432", "/tmp/.s.PGSQL.6432"),
+        ("postgresql+asyncpg://u@db:6432/orders", "db:6432"),
+    ],
+)
+def test_a_socket_url_is_named_by_its_socket_file(url: str, where: str) -> None:
+    assert postgresql_where(url) == f"postgresql {where}/orders"
