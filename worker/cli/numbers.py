@@ -4,6 +4,7 @@ takes Arabic-Indic and fullwidth digits, '+1', ' 1' and '1_000', which no one me
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 ASCII_DIGITS = re.compile(r"[0-9]+")
 # More than any id or quantity has (a bigint has 19): a longer number is out of every range, and
@@ -22,6 +23,11 @@ def ascii_int(text: str) -> int | None:
 
 def quoted(text: str) -> str:
     """`text` as an error shows what was typed: quoted, and cut short if it is long."""
+    return cut_short(text, repr)
+
+
+def cut_short(text: str, shown: Callable[[str], str] = str) -> str:
+    """`text` as `shown`, of its first SHOWN_CHARACTERS only if it is longer, saying how long."""
     if len(text) <= SHOWN_CHARACTERS:
-        return repr(text)
-    return f"{text[:SHOWN_CHARACTERS]!r}... ({len(text):,} characters)"
+        return shown(text)
+    return f"{shown(text[:SHOWN_CHARACTERS])}... ({len(text):,} characters)"

@@ -24,7 +24,7 @@ from jobs.connection import REDIS_ERRORS
 from worker import health as heartbeats
 from worker.cli.chunk_limits import check_chunk_size, check_chunk_size_for_ids_up_to
 from worker.cli.exits import EXIT_FAILED, EXIT_INTERRUPTED, UsageError, fail, reports_errors
-from worker.cli.numbers import ascii_int, quoted
+from worker.cli.numbers import ascii_int, cut_short, quoted
 from worker.cli.resources import database, producer
 from worker.cli.runtime import configured, run_async
 from worker.settings import Settings
@@ -72,7 +72,7 @@ def requested_ids(order_ids: list[int] | None, file: str | None, all_orders: boo
     ids = list(dict.fromkeys(ids))  # a repeated id is one order to total, counted once
     out_of_range = [order_id for order_id in ids if not 1 <= order_id <= MAX_ORDER_ID]
     if out_of_range:
-        message = f"{quoted(str(out_of_range[0]))} is not an order id (1 to {MAX_ORDER_ID})"
+        message = f"{cut_short(str(out_of_range[0]))} is not an order id (1 to {MAX_ORDER_ID})"
         raise UsageError(message, INVALID_INPUT)
     return ids
 
