@@ -10,6 +10,8 @@ import signal
 
 from arq.constants import in_progress_key_prefix, result_key_prefix, retry_key_prefix
 from redis.asyncio import Redis
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from jobs.client import OrderClient
 from jobs.lanes import lane_queue
@@ -80,3 +82,27 @@ async def test_a_drain_at_any_moment_ends_cleanly_and_requeues_without_using_a_t
         # The next round starts from empty lanes.
         await redis.delete(queue_name, lane_queue(queue_name, "batch"))
     assert requeued_in_all > 0  # the rounds did stop mid-batch
+
+
+async def test_a_job_whose_lease_was_taken_over_is_not_named_as_requeued(
+    seeded: None,
+    settings: Settings,
+    client: OrderClient,
+    redis: Redis,
+    queue_name: str,
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    tuning = settings.worker.model_copy(update={"shutdown_grace_s": 0.05})
+    worker = OrderWorker(settings.model_copy(update={"worker": tuning}), max_jobs=4)
+    async with sessionmaker.begin() as session:  # held: the chunk's write waits on these rows
+        await session.execute(text("SELECT id FROM orders WHERE id IN (1, 2) FOR UPDATE"))
+        job_id = await client.enqueue("compute_batch_totals", order_ids=[1, 2])
+        run = asyncio.create_task(run_until_stopped(worker))
+        await poll_until(lambda: job_id in worker.drain.intake.started, "the chunk started")
+        # Another replica took the job over meanwhile: its claim is no longer ours.
+        await redis.set(in_progress_key_prefix + job_id, "another-replica")
+        worker.request_stop(signal.SIGTERM)
+        await asyncio.wait_for(run, 30)
+    assert worker.drain.cut_off == [job_id]
+    assert worker.drain.requeued == []  # not ours to put back: worker.drained does not name it
+    assert await redis.get(in_progress_key_prefix + job_id) == b"another-replica"

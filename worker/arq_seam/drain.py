@@ -71,12 +71,16 @@ class Drain:
 
     def uncount_retry(self, job_id: str, finish: bool) -> bool:
         """arq counts a job it saw cancelled as retried (Worker.run_job, just before finish_job);
-        one the drain requeued has used no try, so it is not a retry. True for such a job."""
+        one the drain cut off has used no try, so it is not a retry. True for such a job: once it
+        is back in its lane (`put_back`), `worker.drained` names it."""
         if not finish and job_id in self.cut_off:
             self.worker.jobs_retried -= 1
-            self.requeued.append(job_id)
             return True
         return False
+
+    def put_back(self, job_id: str) -> None:
+        # Only once the lease was found ours: a job another replica took over is not ours to name.
+        self.requeued.append(job_id)
 
     async def _run(self) -> None:
         cut_off = await self._wait_then_cut_off()

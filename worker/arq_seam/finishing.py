@@ -24,6 +24,7 @@ from typing import Any
 
 from arq.worker import Function, RetryJob
 
+from jobs.serialization import decode_result
 from worker.arq_seam.dead_letters import DeadLetters
 from worker.metrics import UNKNOWN_FUNCTION, Outcome, ReplicaMetrics
 
@@ -96,3 +97,11 @@ class Finishing:
     async def record(self, job_id: str, result_data: bytes) -> None:
         if self.dead_letters is not None:
             await self.dead_letters.record_stored_result(job_id, result_data)
+
+
+def function_of(result_data: bytes | None) -> str:
+    """The function named in a result arq failed the job with (rare: no cost per job)."""
+    try:
+        return str(decode_result(result_data or b"").get("f", UNKNOWN_FUNCTION))
+    except Exception:
+        return UNKNOWN_FUNCTION

@@ -19,11 +19,10 @@ from arq.worker import logger as arq_logger
 
 from jobs.connection import REDIS_ERRORS, close_sentinels
 from jobs.lanes import Lane, lane_queue
-from jobs.serialization import decode_result
 from worker.arq_seam.backoff import MAX_RECONNECT_DELAY_S, RedisBackoff
 from worker.arq_seam.dead_letters import DeadLetters
 from worker.arq_seam.drain import Drain
-from worker.arq_seam.finishing import Finishing
+from worker.arq_seam.finishing import Finishing, function_of
 from worker.arq_seam.heartbeats import Heartbeats
 from worker.arq_seam.intake import Intake
 from worker.arq_seam.lane_claims import LaneClaims
@@ -36,7 +35,7 @@ from worker.arq_seam.scripts import QueueScripts
 from worker.arq_seam.wakeups import Wakeups
 from worker.arq_seam.wording import serialize_job_data
 from worker.liveness import LivenessFile
-from worker.metrics import UNKNOWN_FUNCTION, ReplicaMetrics, SlotUse
+from worker.metrics import ReplicaMetrics, SlotUse
 
 log = structlog.get_logger("orderworker.worker")
 
@@ -234,8 +233,11 @@ class SeamWorker(Worker):
                     incr_score,
                     keep_in_progress,
                 )
-            if self._owned(owned, job_id) and not requeued:
-                self.finishing.count(function, outcome)
+            if self._owned(owned, job_id):
+                if requeued:
+                    self.drain.put_back(job_id)
+                else:
+                    self.finishing.count(function, outcome)
 
         await self.pending.attempt(job_id, write)
 
@@ -257,7 +259,7 @@ class SeamWorker(Worker):
                 self.keep_result_s,
             )
             if self._owned(owned, job_id) and self.metrics is not None:
-                self.metrics.job_finished(_function_of(result_data), "failed")
+                self.metrics.job_finished(function_of(result_data), "failed")
 
         await self.pending.attempt(job_id, write)
 
@@ -290,11 +292,3 @@ class SeamWorker(Worker):
             if self.metrics is not None:
                 self.metrics.leases_lost.inc()
         return owned
-
-
-def _function_of(result_data: bytes | None) -> str:
-    """The function named in a result arq failed the job with (rare: no cost per job)."""
-    try:
-        return str(decode_result(result_data or b"").get("f", UNKNOWN_FUNCTION))
-    except Exception:
-        return UNKNOWN_FUNCTION
