@@ -97,6 +97,21 @@ async def register_chunks(
         await session.execute(insert(BatchChunk), rows)
 
 
+# The batch's first chunk job to run sets it, every run of its chunks reads it (a second one
+# racing the first waits for its row and reads its value): all of them split alike.
+PIN_SUBCHUNK_SIZE = text(
+    "UPDATE batches SET subchunk_size = COALESCE(subchunk_size, :size)"
+    " WHERE batch_id = :batch_id RETURNING subchunk_size"
+)
+
+
+async def batch_subchunk_size(session: AsyncSession, batch_id: str, size: int) -> int:
+    """The sub-chunk size a chunk job of `batch_id` splits by: the one its batch's first chunk
+    used, else `size` (which is then the batch's). A batch not registered takes `size`."""
+    pinned = await session.scalar(PIN_SUBCHUNK_SIZE, {"size": size, "batch_id": batch_id})
+    return size if pinned is None else int(pinned)
+
+
 PROGRESS = text(
     """
     SELECT COALESCE(sum(requested), 0) AS accounted, COALESCE(sum(computed), 0) AS computed,

@@ -134,6 +134,9 @@ class Batch(Base):
     chunks: Mapped[int] = mapped_column(Integer, server_default="0")
     sealed: Mapped[bool] = mapped_column(Boolean, server_default="false")
     updated_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
+    # The sub-chunk size of the first chunk job to run, which every run of its chunks splits by:
+    # sub-chunks are recorded by their smallest id, and another split would count ids twice.
+    subchunk_size: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class BatchChunk(Base):

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from arq.worker import Function, func
 from sqlalchemy.exc import DBAPIError
 
-from db import orders, totals
+from db import batches, orders, totals
 from jobs.context import JobContext
 from jobs.errors import (
     IdempotencyConflictError,
@@ -70,13 +70,17 @@ async def compute_batch_totals(
     ctx: JobContext, payload: ComputeBatchTotalsPayload
 ) -> BatchTotalsResult:
     size = ctx["policy"].subchunk_size
+    part = None
+    if payload.batch_id is not None:
+        part = totals.BatchPart(batch_id=payload.batch_id, job_id=ctx["job_id"])
+        # Every chunk of a batch splits alike, on any replica and in any rerun: its sub-chunks
+        # are recorded by their smallest id, and another split would count ids twice.
+        async with ctx["db_slots"], ctx["single_statement_sessionmaker"]() as session:
+            size = await batches.batch_subchunk_size(session, part.batch_id, size)
     # Distinct (a repeated id would be summed once per sub-chunk it lands in) and sorted, so a
     # rerun splits the ids into the same sub-chunks and its batch records are found again.
     order_ids = sorted(set(payload.order_ids))
     subchunks = [order_ids[start : start + size] for start in range(0, len(order_ids), size)]
-    part = None
-    if payload.batch_id is not None:
-        part = totals.BatchPart(batch_id=payload.batch_id, job_id=ctx["job_id"])
     async with asyncio.TaskGroup() as group:
         tasks = [group.create_task(_upsert_subchunk(ctx, ids, part)) for ids in subchunks]
     outcome = sum((task.result() for task in tasks), start=totals.NOTHING)

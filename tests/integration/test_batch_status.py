@@ -17,7 +17,7 @@ from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from db.batches import ChunkRecord, batch_status, register_chunks, running_batches
+from db.batches import BatchStatus, ChunkRecord, batch_status, register_chunks, running_batches
 from db.totals import BatchPart, upsert_totals_for_batch
 from jobs.batches import BatchRun
 from jobs.client import JobRequest, OrderClient
@@ -100,6 +100,55 @@ async def test_a_chunk_job_run_again_counts_once(
             text("SELECT count(*) FROM batch_subchunks WHERE batch_id = :b"), {"b": batch_id}
         )
     assert recorded == 2  # settings: sub-chunks of 25 ids, so one per chunk
+
+
+async def test_a_chunk_rerun_on_a_replica_configured_otherwise_counts_once(
+    settings: Settings,
+    seeded: None,
+    start_worker: StartWorker,
+    client: OrderClient,
+    redis: Redis,
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    """Sub-chunks are recorded by their smallest id: a rerun split otherwise would count the
+    ids of some twice. Every run of a batch's chunks splits as its first one did."""
+    batch_id, ids = "resplit", [1, 2, 3, 999]
+    async with sessionmaker.begin() as session:
+        await register_chunks(session, batch_id, [ChunkRecord(0, "resplit-0", 4, ids)], seal=True)
+    # By 3: sub-chunks from 1 and 999. By 1, a rerun would add sub-chunks from 2 and 3.
+    by_three = await start_worker(totals=settings.totals.model_copy(update={"subchunk_size": 3}))
+    request = JobRequest(
+        "compute_batch_totals", {"order_ids": ids, "batch_id": batch_id}, "resplit-0"
+    )
+    await client.enqueue_many([request])
+    assert (await client.wait("resplit-0", 30)).success
+    by_three.request_stop(signal.SIGTERM)
+    await poll_until(lambda: by_three.main_task is None or by_three.main_task.done(), "a stop")
+    first = await batch_status_of(sessionmaker, batch_id)
+
+    await start_worker(totals=settings.totals.model_copy(update={"subchunk_size": 1}))
+    await redis.delete(result_key_prefix + "resplit-0")  # run again under its own id, and a new one
+    again = [request, JobRequest(request.function, request.kwargs, "resplit-new")]
+    await client.enqueue_many(again)
+    assert all([(await client.wait(job.job_id, 30)).success for job in again])
+
+    assert await batch_status_of(sessionmaker, batch_id) == first
+    assert (first.computed, first.missing) == (3, [999])
+    async with sessionmaker() as session:
+        split = await session.scalar(
+            text("SELECT subchunk_size FROM batches WHERE batch_id = :b"), {"b": batch_id}
+        )
+    assert split == 3
+
+
+async def batch_status_of(
+    sessionmaker: async_sessionmaker[AsyncSession], batch_id: str
+) -> BatchStatus:
+    async with sessionmaker() as session:
+        status = await batch_status(session, batch_id)
+    assert status is not None
+    status.updated_at = None  # the figures, not when they were last read
+    return status
 
 
 async def test_a_failed_chunk_shows_under_failed_with_its_error(
