@@ -21,12 +21,13 @@ def alembic_config(connection: Connection | None = None) -> Config:
     return config
 
 
-async def upgrade_to_head(engine: AsyncEngine) -> None:
-    """Idempotent, and safe when several replicas run it at the same moment."""
+async def upgrade_to_head(engine: AsyncEngine, revision: str = "head") -> None:
+    """Idempotent, and safe when several replicas run it at the same moment. `revision`: stop
+    there instead (to test an upgrade from an earlier schema)."""
 
     def upgrade(connection: Connection) -> None:
         connection.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": MIGRATION_LOCK_ID})
-        command.upgrade(alembic_config(connection), "head")
+        command.upgrade(alembic_config(connection), revision)
 
     async with engine.begin() as connection:
         await connection.run_sync(upgrade)

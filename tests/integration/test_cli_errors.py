@@ -16,6 +16,8 @@ from redis.asyncio import Redis
 from sqlalchemy import make_url, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from db.engine import create_engine
+from db.migrate import upgrade_to_head
 from jobs.client import OrderClient
 from tests.conftest import (
     StartWorker,
@@ -161,6 +163,27 @@ async def test_an_unmigrated_database_says_to_run_db_upgrade(
     else:
         message = one_error(result, "database_not_migrated", 1)
         assert message == "database has no schema: run `orderworker db upgrade` first"
+
+
+async def test_a_database_behind_this_version_says_to_run_db_upgrade(
+    settings: Settings, empty_database_url: str
+) -> None:
+    engine = create_engine(empty_database_url)
+    try:
+        await upgrade_to_head(engine, "0002")  # as left by the version before
+    finally:
+        await engine.dispose()
+    env = {"ORDERWORKER_DATABASE_URL": empty_database_url}
+
+    result = await cli(settings, "jobs", "failed", "--json", **env)
+
+    message = one_error(result, "database_not_migrated", 1)
+    assert message == (
+        "database is at revision 0002, this version needs 0003: run `orderworker db upgrade` first"
+    )
+    upgraded = await cli(settings, "db", "upgrade", **env)
+    assert upgraded.stdout == "database at revision 0003\n", upgraded.stderr
+    assert (await cli(settings, "jobs", "failed", "--json", **env)).returncode == 0
 
 
 async def test_an_order_nobody_answers_times_out_with_one_object(settings: Settings) -> None:
