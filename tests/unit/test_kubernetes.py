@@ -82,6 +82,14 @@ def test_the_worker_runs_non_root_with_probes_and_requests() -> None:
     assert sources == {"orderworker-settings", "orderworker-secrets"}
 
 
+def test_each_pod_migrates_the_schema_before_its_replica_starts() -> None:
+    deployment = resource("Deployment", "orderworker-worker")
+    [migrate] = deployment["spec"]["template"]["spec"]["initContainers"]
+    worker = container(deployment)
+    assert migrate["args"] == ["db", "upgrade"]
+    assert (migrate["image"], migrate["envFrom"]) == (worker["image"], worker["envFrom"])
+
+
 def test_the_worker_reaches_postgresql_through_pgbouncer_in_transaction_mode() -> None:
     settings = resource("ConfigMap", "orderworker-settings")["data"]
     secret = resource("Secret", "orderworker-secrets")["stringData"]
