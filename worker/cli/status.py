@@ -140,13 +140,15 @@ def render(fleet: FleetStatus) -> RenderableType:
     count = len(fleet.replicas)
     title = f"{count} replica{'' if count == 1 else 's'}"
     replicas = Table(title=title, title_justify="left", box=None)
-    columns = ("host", "replica", "interactive", "batch", "in flight", "done", "failed", "beat")
+    # No host column: a replica's id starts with its host (a pod's name), and long ones would not
+    # fit 80 columns twice. `--json` has both.
+    columns = ("replica", "interactive", "batch", "in flight", "done", "failed", "beat")
     for column in columns:
-        replicas.add_column(column, justify="left" if column in ("host", "replica") else "right")
+        replicas.add_column(column, justify="left" if column == "replica" else "right")
     for beat in fleet.as_json()["replicas"]:
         lanes = beat["lanes"]
         replicas.add_row(
-            beat["host"], beat["replica_id"], _slots(lanes.get("interactive")),
+            beat["replica_id"], _slots(lanes.get("interactive")),
             _slots(lanes.get("batch")), str(beat["in_flight"]), str(beat["jobs_done"]),
             str(beat["jobs_failed"]), f"{beat['last_beat_age_s']:.1f}s ago",
         )  # fmt: skip
