@@ -31,15 +31,21 @@ async def test_ready_when_both_servers_answer(settings: Settings) -> None:
     database = make_url(settings.database_dsn())
     lines = result.stdout.splitlines()
     assert len(lines) == 2
-    # The private stack's URL names a Unix socket (no host in it): the probe says localhost:5432.
-    host = f"{database.host}:{database.port}" if database.host else "localhost:5432"
-    assert lines[0].startswith(f"ready: postgresql {host}/{database.database} answered in ")
+    # The private stack's URL names a Unix socket's folder (`?host=/dir`): the probe names the
+    # socket file in it.
+    socket_dir = database.query.get("host")
+    if isinstance(socket_dir, str):
+        where = f"{socket_dir}/.s.PGSQL.{database.port or 5432}"
+    else:
+        where = f"{database.host}:{database.port or 5432}"
+    assert lines[0].startswith(f"ready: postgresql {where}/{database.database} answered in ")
     assert lines[1].startswith("ready: redis ")
 
 
 async def test_not_ready_names_the_database_that_does_not_answer(settings: Settings) -> None:
     port = free_port()
     down = make_url(settings.database_dsn()).set(host="127.0.0.1", port=port, password="hunter2")
+    down = down.difference_update_query(["host"])  # TCP to a closed port, not the stack's socket
     result = await cli(
         settings,
         "health",
