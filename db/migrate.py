@@ -6,6 +6,8 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -27,7 +29,20 @@ async def upgrade_to_head(engine: AsyncEngine, revision: str = "head") -> None:
 
     def upgrade(connection: Connection) -> None:
         connection.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": MIGRATION_LOCK_ID})
-        command.upgrade(alembic_config(connection), revision)
+        config = alembic_config(connection)
+        # A later version migrated it already (a pod of the older one restarting mid-rollout):
+        # Alembic knows no such revision, and there is nothing for this version to add.
+        if revision == "head" and newer_than_head(config, connection):
+            return
+        command.upgrade(config, revision)
 
     async with engine.begin() as connection:
         await connection.run_sync(upgrade)
+
+
+def newer_than_head(config: Config, connection: Connection) -> bool:
+    """Whether the schema is at a revision later than this code's newest migration (they are
+    numbered in order: tests/unit/test_schema.py)."""
+    current = MigrationContext.configure(connection).get_current_revision()
+    head = ScriptDirectory.from_config(config).get_current_head()
+    return current is not None and head is not None and current > head

@@ -186,6 +186,26 @@ async def test_a_database_behind_this_version_says_to_run_db_upgrade(
     assert (await cli(settings, "jobs", "failed", "--json", **env)).returncode == 0
 
 
+async def test_a_database_a_later_version_migrated_is_left_as_it_is(
+    settings: Settings, empty_database_url: str
+) -> None:
+    """A pod of the older version restarting mid-rollout: its `db upgrade` (the init container)
+    and the replica both go on, as migrations only add."""
+    engine = create_engine(empty_database_url)
+    try:
+        await upgrade_to_head(engine)
+        async with engine.begin() as connection:
+            await connection.execute(text("UPDATE alembic_version SET version_num = '0099'"))
+    finally:
+        await engine.dispose()
+    env = {"ORDERWORKER_DATABASE_URL": empty_database_url}
+
+    upgraded = await cli(settings, "db", "upgrade", **env)
+
+    assert (upgraded.returncode, upgraded.stdout) == (0, "database at revision 0099\n")
+    assert (await cli(settings, "jobs", "failed", "--json", **env)).returncode == 0
+
+
 async def test_an_order_nobody_answers_times_out_with_one_object(settings: Settings) -> None:
     result = await cli(settings, *JSON_COMMANDS["order place"], "--timeout", "0.5", "--json")
 
