@@ -97,18 +97,27 @@ async def register_chunks(
         await session.execute(insert(BatchChunk), rows)
 
 
-# The batch's first chunk job to run sets it, every run of its chunks reads it (a second one
-# racing the first waits for its row and reads its value): all of them split alike.
+# The batch's first chunk job to run sets it, every run of its chunks reads it: all of them
+# split alike. Once set, it is only read: no row version and no row lock per chunk.
 PIN_SUBCHUNK_SIZE = text(
-    "UPDATE batches SET subchunk_size = COALESCE(subchunk_size, :size)"
-    " WHERE batch_id = :batch_id RETURNING subchunk_size"
+    "WITH pinned AS (UPDATE batches SET subchunk_size = :size"
+    " WHERE batch_id = :batch_id AND subchunk_size IS NULL RETURNING subchunk_size)"
+    " SELECT subchunk_size FROM pinned"
+    " UNION ALL SELECT subchunk_size FROM batches"
+    " WHERE batch_id = :batch_id AND subchunk_size IS NOT NULL"
 )
+# After a race the statement above returns nothing: its read saw the row before the winner's
+# update, which its own update then skipped. Read it again.
+SUBCHUNK_SIZE = text("SELECT subchunk_size FROM batches WHERE batch_id = :batch_id")
 
 
 async def batch_subchunk_size(session: AsyncSession, batch_id: str, size: int) -> int:
     """The sub-chunk size a chunk job of `batch_id` splits by: the one its batch's first chunk
     used, else `size` (which is then the batch's). A batch not registered takes `size`."""
-    pinned = await session.scalar(PIN_SUBCHUNK_SIZE, {"size": size, "batch_id": batch_id})
+    params = {"size": size, "batch_id": batch_id}
+    pinned = await session.scalar(PIN_SUBCHUNK_SIZE, params)
+    if pinned is None:
+        pinned = await session.scalar(SUBCHUNK_SIZE, params)
     return size if pinned is None else int(pinned)
 
 

@@ -17,7 +17,14 @@ from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from db.batches import BatchStatus, ChunkRecord, batch_status, register_chunks, running_batches
+from db.batches import (
+    BatchStatus,
+    ChunkRecord,
+    batch_status,
+    batch_subchunk_size,
+    register_chunks,
+    running_batches,
+)
 from db.totals import BatchPart, upsert_totals_for_batch
 from jobs.batches import BatchRun
 from jobs.client import JobRequest, OrderClient
@@ -139,6 +146,20 @@ async def test_a_chunk_rerun_on_a_replica_configured_otherwise_counts_once(
             text("SELECT subchunk_size FROM batches WHERE batch_id = :b"), {"b": batch_id}
         )
     assert split == 3
+
+
+async def test_the_first_chunk_to_run_sets_its_batchs_sub_chunk_size_for_all(
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    async with sessionmaker.begin() as session:
+        await register_chunks(session, "pinned", [ChunkRecord(0, "pinned-0", 2, [1, 2])], seal=True)
+    sizes = []
+    for size in (3, 1, 5):  # the first run, then runs on replicas configured otherwise
+        async with sessionmaker.begin() as session:
+            sizes.append(await batch_subchunk_size(session, "pinned", size))
+    async with sessionmaker.begin() as session:
+        unregistered = await batch_subchunk_size(session, "nobody-registered-it", 4)
+    assert (sizes, unregistered) == ([3, 3, 3], 4)
 
 
 async def batch_status_of(
