@@ -16,9 +16,10 @@ SHOWN_CHARACTERS = 40  # of a value echoed in an error: enough to recognise it, 
 def ascii_int(text: str) -> int | None:
     """The number `text` spells in ASCII digits, or None if it is anything else (or longer than
     any id)."""
-    if not ASCII_DIGITS.fullmatch(text) or len(text.lstrip("0")) > MAX_DIGITS:
+    if not ASCII_DIGITS.fullmatch(text):
         return None
-    return int(text)
+    digits = text.lstrip("0") or "0"  # leading zeros count against int()'s limit too
+    return int(digits) if len(digits) <= MAX_DIGITS else None
 
 
 def quoted(text: str) -> str:
