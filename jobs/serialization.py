@@ -71,9 +71,11 @@ def _json_object(data: bytes, what: str) -> dict[str, Any]:
         raise ValueError(f"{what} is not valid JSON: {error}") from None
     except RecursionError:
         raise ValueError(f"{what} nests too deeply") from None
-    except ValueError:  # the one other refusal of valid JSON: int()'s guard against huge numbers
+    except ValueError:  # valid JSON, but an integer int() refuses to read (its digits limit)
         limit = sys.get_int_max_str_digits()
         raise ValueError(f"{what} holds a number over {limit} digits; no field takes one") from None
+    except ArithmeticError:  # valid JSON, but an exponent Decimal cannot hold (1e99999999999...)
+        raise ValueError(f"{what} holds a number out of any range; no field takes one") from None
     if not isinstance(decoded, dict):
         raise ValueError(f"{what} must be a JSON object (arq's envelope)")
     return decoded

@@ -121,6 +121,9 @@ def test_a_number_too_long_to_read_is_refused_in_the_products_words() -> None:
     with pytest.raises(ValueError) as refused:
         deserialize(envelope % (b"9" * 5000))
     assert str(refused.value) == "payload holds a number over 4300 digits; no field takes one"
+    with pytest.raises(ValueError) as refused:
+        deserialize(envelope % b"1e99999999999999999999")  # an exponent Decimal cannot hold
+    assert str(refused.value) == "payload holds a number out of any range; no field takes one"
 
 
 def test_deeply_nested_json_is_refused_as_a_value_error() -> None:
