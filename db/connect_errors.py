@@ -55,7 +55,10 @@ def endpoint(url: str) -> str:
     parts = urlsplit(url)
     query = dict(parse_qsl(parts.query))
     host = query.get("host") or parts.hostname or "localhost"
-    port = query.get("port") or parts.port or DEFAULT_PORT
+    try:
+        port: int | str = query.get("port") or parts.port or DEFAULT_PORT
+    except ValueError:  # not a port number: name it as written, the connection error says why
+        port = parts.netloc.rpartition(":")[2]
     return f"{host}/.s.PGSQL.{port}" if host.startswith("/") else f"{host}:{port}"
 
 

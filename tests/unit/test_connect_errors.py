@@ -150,3 +150,10 @@ def test_a_socket_url_is_named_by_its_socket_file() -> None:
     failure = connect_error(url, ConnectionRefusedError(111, "Connect call failed"), 10)
 
     assert str(failure) == "PostgreSQL at /var/run/postgresql/.s.PGSQL.5432 refused the connection"
+
+
+def test_a_port_out_of_range_is_named_as_written_not_raised_over_the_real_error() -> None:
+    url = make_url("postgresql+asyncpg://app@db:70000/orders")
+    failure = connect_error(url, ConnectionRefusedError(111, "Connect call failed"), 10)
+
+    assert str(failure) == "PostgreSQL at db:70000 refused the connection"
