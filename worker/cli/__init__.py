@@ -73,7 +73,8 @@ def main() -> None:
     # The interpreter's teardown frees every object SQLAlchemy, pydantic and arq built: 0.3 s on
     # a 2-core machine, after the command's work is done and its connections are closed.
     logging.shutdown()
-    with contextlib.suppress(BrokenPipeError):  # a reader that left: nothing more to tell it
-        sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):
+        # A reader that left (or a stream closed from the start): nothing more to tell it.
+        with contextlib.suppress(BrokenPipeError, AttributeError):
+            stream.flush()
     os._exit(code)
