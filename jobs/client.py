@@ -19,7 +19,7 @@ from redis.exceptions import RedisError
 
 from jobs.connection import close_sentinels
 from jobs.lanes import done_channel, lane_of, lane_queue, wake_channel
-from jobs.notices import FALLBACK_READ_S, DoneNotices
+from jobs.notices import FALLBACK_READ_S, DoneNotices, Watch
 from jobs.serialization import decode_result, deserialize, serialize
 
 DEFAULT_QUEUE = "arq:queue"
@@ -207,15 +207,38 @@ class OrderClient:
         deadline = time.monotonic() + timeout_s
         with self.notices.watching([job_id]) as watch:
             await self.notices.subscribed(min(FALLBACK_READ_S, timeout_s))
-            while True:
+            # Read once now: a result stored before the subscription has no notice left to come.
+            return await self._outcome(job_id, watch, deadline, timeout_s, read_now=True)
+
+    async def enqueue_and_wait(
+        self, function: str, timeout_s: float, job_id: str | None = None, **kwargs: Any
+    ) -> JobOutcome:
+        """enqueue() then wait(), watching before the job exists: with the subscription up by
+        then, its notice cannot be missed, and its result is read once, when the notice comes."""
+        job_id = job_id or uuid.uuid4().hex
+        deadline = time.monotonic() + timeout_s
+        with self.notices.watching([job_id]) as watch:
+            subscribed = await self.notices.subscribed(min(FALLBACK_READ_S, timeout_s))
+            watch.drain()  # what the subscribing said concerns no job that does not exist yet
+            await self.enqueue(function, job_id, **kwargs)
+            return await self._outcome(job_id, watch, deadline, timeout_s, read_now=not subscribed)
+
+    async def _outcome(
+        self, job_id: str, watch: Watch, deadline: float, timeout_s: float, *, read_now: bool
+    ) -> JobOutcome:
+        """Read on each notice for the job (and on resubscribing), at least every fallback period,
+        until its result is there or `deadline` passes."""
+        while True:
+            if read_now:
                 watch.drain()  # the read below covers every notice taken so far
                 found = await self.outcomes([job_id])
                 if job_id in found:
                     return found[job_id]
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise TimeoutError(f"job {job_id} did not finish within {timeout_s:g}s")
-                await watch.wait(min(FALLBACK_READ_S, remaining))
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"job {job_id} did not finish within {timeout_s:g}s")
+            await watch.wait(min(FALLBACK_READ_S, remaining))
+            read_now = True
 
 
 def already_queued(job_id: str) -> ValueError:

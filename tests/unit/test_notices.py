@@ -128,6 +128,38 @@ async def test_wait_returns_on_the_done_notice(
     assert outcome == JobOutcome("job-1", True, {"order_id": 1, "total": "3.00"})
 
 
+async def test_enqueue_and_wait_reads_the_result_once_on_its_notice(
+    order_client: OrderClient, fake_redis: ArqRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(client, "FALLBACK_READ_S", NEVER_S)
+    reads = count_reads(order_client, monkeypatch)
+    waiting = asyncio.create_task(
+        order_client.enqueue_and_wait("compute_order_total", 60, job_id="j-1", order_id=1)
+    )
+    await poll_until(lambda: queued(fake_redis, "j-1"), "the job queued")
+    assert reads == []  # watched before the job existed: nothing to read until its notice
+    await finish(fake_redis, "j-1", {"order_id": 1, "total": "3.00"})
+    outcome = await asyncio.wait_for(waiting, 30)
+    assert outcome == JobOutcome("j-1", True, {"order_id": 1, "total": "3.00"})
+    assert reads == [1]
+
+
+async def test_enqueue_and_wait_falls_back_to_a_read_when_no_notice_comes(
+    order_client: OrderClient, fake_redis: ArqRedis
+) -> None:
+    waiting = asyncio.create_task(
+        order_client.enqueue_and_wait("compute_order_total", 60, job_id="j-2", order_id=2)
+    )
+    await poll_until(lambda: queued(fake_redis, "j-2"), "the job queued")
+    await store_result(fake_redis, "j-2", {"order_id": 2, "total": "1.00"})  # a plain arq worker
+    outcome = await asyncio.wait_for(waiting, FALLBACK_READ_S + 10)
+    assert outcome.result == {"order_id": 2, "total": "1.00"}
+
+
+async def queued(redis: ArqRedis, job_id: str) -> bool:
+    return await redis.zscore(UNIT_QUEUE, job_id) is not None
+
+
 async def test_a_notice_for_another_job_does_not_end_a_wait(
     order_client: OrderClient, fake_redis: ArqRedis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
