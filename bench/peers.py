@@ -4,9 +4,10 @@ one worker at concurrency 20 each, the same servers, 3 interleaved rounds.
 
 Per round and system: a drain (10,000 jobs queued first, then the worker spawned; the rate from its
 first result to its last) and the latency at 100 jobs/s open loop for 10 s, each job timed from its
-enqueue call to its waiter returning, through each system's own client: `OrderClient.enqueue` then
-`OrderClient.wait` (done notice), and SAQ's `queue.enqueue` then `job.refresh(until_complete)`
-(SAQ's pub/sub listener; kept subscribed for the phase, as in a long-running service).
+enqueue call to its waiter returning, through each system's own client:
+`OrderClient.enqueue_and_wait` (done notice), and SAQ's `queue.enqueue` then
+`job.refresh(until_complete)` (SAQ's pub/sub listener; kept subscribed for the phase, as in a
+long-running service).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import contextlib
 import os
 import statistics
 import time
+import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -83,8 +85,13 @@ async def orderworker_latency(bench: Bench, label: str) -> list[float]:
     job_ids: list[str] = []
 
     async def job(n: int) -> None:
-        job_ids.append(await client.compute_order_total(bench.first_id + n % bench.orders))
-        if not (await client.wait(job_ids[-1], RUN_TIMEOUT_S)).success:
+        job_ids.append(uuid.uuid4().hex)
+        order_id = bench.first_id + n % bench.orders
+        function = "compute_order_total"
+        outcome = await client.enqueue_and_wait(
+            function, RUN_TIMEOUT_S, job_ids[-1], order_id=order_id
+        )
+        if not outcome.success:
             raise RuntimeError(f"{label}: job {job_ids[-1]} failed")
 
     try:

@@ -133,9 +133,10 @@ async def place_order(
     """The job id and its outcome; None as the outcome when the wait ran out."""
     if announce:  # before the enqueue: whatever happens next, the key to retry with is shown
         typer.echo(f"idempotency key {idempotency_key}", err=True)
+    job_id = uuid.uuid4().hex
+    order = {"customer_id": customer_id, "items": items, "idempotency_key": idempotency_key}
     async with producer(settings) as client:
-        job_id = await client.place_order(customer_id, items, idempotency_key)
         try:
-            return job_id, await client.wait(job_id, timeout_s)
+            return job_id, await client.enqueue_and_wait("place_order", timeout_s, job_id, **order)
         except TimeoutError:
             return job_id, None
