@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import contextlib
+from collections.abc import AsyncIterator, Sequence
 
 from arq.worker import Function, func
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from db import batches, orders, totals
 from jobs.context import JobContext
@@ -75,7 +77,7 @@ async def compute_batch_totals(
         part = totals.BatchPart(batch_id=payload.batch_id, job_id=ctx["job_id"])
         # Every chunk of a batch splits alike, on any replica and in any rerun: its sub-chunks
         # are recorded by their smallest id, and another split would count ids twice.
-        async with ctx["db_slots"], ctx["single_statement_sessionmaker"]() as session:
+        async with _batch_session(ctx) as session:
             size = await batches.batch_subchunk_size(session, part.batch_id, size)
     # Distinct (a repeated id would be summed once per sub-chunk it lands in) and sorted, so a
     # rerun splits the ids into the same sub-chunks and its batch records are found again.
@@ -97,14 +99,22 @@ async def _upsert_subchunk(
 ) -> totals.TotalsOutcome:
     # Its own session (never shared between tasks); one statement, so its own transaction, which
     # records the sub-chunk's progress for its batch together with its totals.
+    async with _batch_session(ctx) as session:
+        if part is None:
+            return await totals.upsert_totals(session, order_ids)
+        return await totals.upsert_totals_for_batch(session, order_ids, part)
+
+
+@contextlib.asynccontextmanager
+async def _batch_session(ctx: JobContext) -> AsyncIterator[AsyncSession]:
+    """A single-statement session for batch work, within the batch's share of the connections
+    (`database.batch_connections`), so interactive jobs always find one free."""
     async with (
         ctx["batch_db_slots"],
         ctx["db_slots"],
         ctx["single_statement_sessionmaker"]() as session,
     ):
-        if part is None:
-            return await totals.upsert_totals(session, order_ids)
-        return await totals.upsert_totals_for_batch(session, order_ids, part)
+        yield session
 
 
 ARQ_TIMEOUT_MARGIN_S = 2.0
