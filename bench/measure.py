@@ -6,14 +6,23 @@ starts from an empty order_totals and ends with a SQL check."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from dataclasses import dataclass, field
 from decimal import Decimal
 
+from redis.asyncio import Redis
 from sqlalchemy import text
 
 from bench.stack import Bench, clear_queue_keys, truncate_totals
-from db.totals import INSERT_ORDER_TOTALS, ON_CONFLICT_UPDATE_TOTAL, SELECT_ORDER_TOTALS
+from db.engine import create_sessionmaker
+from db.order_ids import order_id_pages
+from db.totals import (
+    INSERT_ORDER_TOTALS,
+    ON_CONFLICT_UPDATE_TOTAL,
+    SELECT_ORDER_TOTALS,
+    upsert_totals,
+)
 from jobs.lanes import lane_queue
 from worker.harness.checks import TotalsCheck, check_totals
 
@@ -67,12 +76,14 @@ async def batch_totals(bench: Bench, replicas: int) -> Outcome:
     await truncate_totals(bench.engine)
     workers = await bench.start_replicas(label, queue, replicas)
     try:
+        spawned = time.time()
         finished, summary = await bench.cli(f"{label}-cli", queue, "totals", "--all")
     finally:
         stopped = await asyncio.gather(*(worker.stop() for worker in workers))
     if finished.returncode != 0 or summary["failed"] or summary["computed"] != bench.orders:
         raise RuntimeError(f"{label}: exit {finished.returncode}, summary {str(summary)[:500]}")
     verification = await check_totals(bench.engine, bench.first_id, bench.last_id)
+    timeline = await chunk_timeline(bench.redis, summary["batch_id"], spawned, finished.seconds)
     await clear_queue_keys(bench.redis, queue, [], [summary["batch_id"]])
     problems = []
     if Decimal(summary["total_sum"]) != verification.expected_sum:
@@ -84,9 +95,49 @@ async def batch_totals(bench: Bench, replicas: int) -> Outcome:
         worker_rss_mib=[worker.peak_rss_mib for worker in stopped],
         worker_cpu_s=[worker.cpu_seconds for worker in stopped],
         cli_rss_mib=finished.peak_rss_mib,
-        note=f"total_sum {summary['total_sum']}",
+        note=timeline,
         problems=problems,
     )
+
+
+async def chunk_timeline(redis: Redis, batch_id: str, spawned: float, seconds: float) -> str:
+    """Where a CLI run's time went, from its chunks' results (arq's enqueue and finish times, ms
+    since the epoch): its start-up until the first chunk was queued, and its end after the last
+    chunk was done."""
+    keys = [key async for key in redis.scan_iter(match=f"arq:result:totals:{batch_id}:*")]
+    results = [json.loads(raw) for raw in await redis.mget(keys) if raw is not None]
+    if not results:
+        return "no chunk results left to time"
+    first_queued = min(result["et"] for result in results) / 1000 - spawned
+    last_done = max(result["ft"] for result in results) / 1000 - spawned
+    return (
+        f"first chunk queued {first_queued:.2f}s after the CLI's spawn, last one done at"
+        f" {last_done:.2f}s, exit at {seconds:.2f}s"
+    )
+
+
+async def subchunk_ceiling(bench: Bench, connections: int, size: int) -> Outcome:
+    """The replicas' statement (db.totals.upsert_totals; theirs also records the sub-chunk for its
+    batch, at the same cost) over every order in sub-chunks of `size`, sent by this process on
+    `connections` sessions at once: no queue, no replica, no CLI. What computing a batch as
+    parallel set-based statements can reach on this machine."""
+    await truncate_totals(bench.engine)
+    subchunks = [page async for page in order_id_pages(bench.engine, size)]
+    # Each statement its own transaction, on sessions of an AUTOCOMMIT engine, as in a replica.
+    sessions = create_sessionmaker(bench.engine.execution_options(isolation_level="AUTOCOMMIT"))
+
+    async def send() -> None:
+        while subchunks:
+            async with sessions() as session:
+                await upsert_totals(session, subchunks.pop())
+
+    started = time.perf_counter()
+    async with asyncio.TaskGroup() as group:
+        for _ in range(connections):
+            group.create_task(send())
+    seconds = time.perf_counter() - started
+    check = await check_totals(bench.engine, bench.first_id, bench.last_id)
+    return Outcome(bench.orders, seconds, verification=check)
 
 
 async def cli_submit(bench: Bench) -> Outcome:

@@ -23,6 +23,8 @@ class Results:
     versions: tuple[str, str]  # PostgreSQL's, Redis's
     sql_limits: dict[int, Outcome] = field(default_factory=dict)  # by the batch row it precedes
     batch: dict[int, Outcome] = field(default_factory=dict)
+    ceiling: Outcome | None = None  # the replicas' sub-chunk statements with nothing around them
+    ceiling_sessions: int = 0
     submit: Outcome | None = None
     jobs: Outcome | None = None
     jobs_metrics: Outcome | None = None  # the jobs row again, with /metrics served and scraped
@@ -30,7 +32,8 @@ class Results:
     problems: list[str] = field(default_factory=list)  # of measurements without an Outcome
 
     def outcomes(self) -> list[Outcome]:
-        found = [self.submit, self.jobs, self.jobs_metrics, self.noop, *self.sql_limits.values()]
+        found = [self.submit, self.jobs, self.jobs_metrics, self.noop, self.ceiling]
+        found += self.sql_limits.values()
         found += self.batch.values()
         return [outcome for outcome in found if outcome is not None]
 
@@ -97,12 +100,27 @@ def _batch_rows(results: Results) -> list[Row]:
                 f"`totals --all`, {replicas} worker replica{'s' if replicas > 1 else ''}",
                 outcome,
                 "orders",
-                "CLI wall time: submit + wait",
+                f"CLI wall time: submit + wait; {outcome.note}",
                 baseline=(limit, "SQL limit"),
                 target=BATCH_TARGET,
                 target_text=f">= {BATCH_TARGET}x (aim {BATCH_AIM}x)",
             ),
         ]
+    if results.ceiling is not None and results.sql_limits:
+        limit = results.sql_limits[max(results.sql_limits)]
+        sessions = results.ceiling_sessions
+        ratio = results.ceiling.rate / limit.rate
+        note = "no queue, replica or CLI: what the batch rows can reach; against the last SQL limit"
+        rows.append(
+            rate_row(
+                f"sub-chunk statements alone, {sessions} sessions at once",
+                results.ceiling,
+                "orders",
+                note,
+                ratio=ratio,
+                baseline="SQL limit",
+            )
+        )
     return rows
 
 

@@ -127,6 +127,12 @@ async def measure_all(bench: Bench, args: argparse.Namespace, results: Results) 
         results.sql_limits[replicas] = await measured("SQL limit", measure.sql_limit(bench))
         batch = measure.batch_totals(bench, replicas)
         results.batch[replicas] = await measured(f"totals --all, {replicas} replica(s)", batch)
+    # What the batch rows could reach: a replica's statements at a replica's batch connections.
+    settings = load_settings()
+    connections = settings.database.batch_connection_count()
+    ceiling = measure.subchunk_ceiling(bench, connections, settings.totals.subchunk_size)
+    results.ceiling = await measured(f"sub-chunk statements alone, {connections} sessions", ceiling)
+    results.ceiling_sessions = connections
     results.submit = await measured("CLI submit rate (no worker)", measure.cli_submit(bench))
     jobs = args.jobs
     single = drain.single_jobs(bench, "jobs", jobs, "compute_order_total", ["worker", "worker"])
