@@ -93,9 +93,21 @@ async def server_versions(engine: AsyncEngine, redis: Redis) -> tuple[str, str]:
     return f"PostgreSQL {postgres.split()[0]}", f"Redis {info.get('redis_version', '?')}"
 
 
+# CHECKPOINT takes a superuser, or from PostgreSQL 15 the pg_checkpoint role; without, none.
+CHECKPOINT_ALLOWED = text(
+    "SELECT rolsuper OR EXISTS (SELECT FROM pg_roles AS r WHERE r.rolname = 'pg_checkpoint'"
+    " AND pg_has_role(current_user, r.oid, 'MEMBER')) FROM pg_roles WHERE rolname = current_user"
+)
+
+
 async def truncate_totals(engine: AsyncEngine) -> None:
+    """An empty order_totals, and a CHECKPOINT: the next measurement starts with nothing the
+    last one wrote still to be flushed, which would otherwise slow it by up to a fifth."""
     async with engine.begin() as connection:
         await connection.execute(text("TRUNCATE order_totals"))
+    async with engine.connect() as connection:  # after the TRUNCATE's commit
+        if await connection.scalar(CHECKPOINT_ALLOWED):
+            await connection.execute(text("CHECKPOINT"))
 
 
 async def order_id_range(engine: AsyncEngine) -> tuple[int, int]:
