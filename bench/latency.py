@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from arq.constants import job_key_prefix, result_key_prefix
-from redis.asyncio.client import PubSub
 
 from bench.measure import Outcome
 from bench.processes import Child, cpu_seconds
@@ -24,7 +23,7 @@ from bench.report import Row
 from bench.rows import held_to, rate_row
 from bench.stack import Bench, clear_queue_keys, say, truncate_totals
 from jobs.client import JOB_EXPIRY_MS
-from jobs.lanes import done_channel, lane_queue, wake_channel
+from jobs.lanes import lane_queue, wake_channel
 from worker.harness.checks import check_totals
 from worker.harness.polling import poll_until
 
@@ -33,7 +32,7 @@ FUNCTIONS = ("place_order", "compute_order_total")
 LOAD_RATE = 50  # place_order jobs/s during the batch: the interactive load of the latency target
 REPLICAS = 2
 RESULT_POLL_S = 0.001
-NOTICE_FALLBACK_S = 0.5  # with done notices: how often outstanding results are read regardless
+RESULTS_AFTER_POLL_S = 0.05  # with results_after: outstanding results read this often at the end
 POLL_WINDOW = 200  # oldest outstanding keys per MGET: jobs run in queue order, 40 slots at a time
 RESULTS_TIMEOUT_S = 300.0
 IDLE_CPU_S = 10.0
@@ -57,7 +56,9 @@ class Phase:
     harness_core: float = 0.0  # share of a core this process used, sending and polling
     stop: asyncio.Event = field(default_factory=asyncio.Event)  # sends no more once set
     endless: bool = False  # sends until `stop`, not for the phase's length
-    by_notice: bool = False  # results seen by done notice, not by the 1 ms poll: a load, not a row
+    # Results read only once sending stops, each timed to its finish: a load, not a row. Reading
+    # them as they come (the 1 ms poll, or done notices) took a tenth of a core from the batch.
+    results_after: bool = False
 
     @property
     def jobs(self) -> int:
@@ -91,47 +92,30 @@ async def produce(bench: Bench, queue: str, phase: Phase, sent: dict[str, float]
 async def run_phase(bench: Bench, queue: str, phase: Phase) -> None:
     """Send the phase's jobs, and wait for every result; the latencies go into `phase`."""
     sent: dict[str, float] = {}
-    notices = bench.redis.pubsub()
-    if phase.by_notice:  # subscribed before the first send, so no notice is missed
-        await notices.subscribe(done_channel(queue))
     producer = asyncio.create_task(produce(bench, queue, phase, sent))
     started, cpu = time.monotonic(), time.process_time()
-    fallback_due = started + NOTICE_FALLBACK_S
-    try:
-        while not producer.done() or sent:
-            ids = await notified(notices, sent) if phase.by_notice else []
-            if not phase.by_notice or time.monotonic() >= fallback_due:
-                await asyncio.sleep(0 if phase.by_notice else RESULT_POLL_S)
-                ids += list(itertools.islice(sent, POLL_WINDOW))
-                fallback_due = time.monotonic() + NOTICE_FALLBACK_S
-            await record(bench, phase, sent, ids)
-            if time.monotonic() - started - phase.sending_s > RESULTS_TIMEOUT_S:
-                raise RuntimeError(f"{len(sent)} results missing after {RESULTS_TIMEOUT_S:g}s")
-    finally:
-        await notices.aclose()  # type: ignore[no-untyped-call]
+    if phase.results_after:
+        await producer  # nothing is read while sending: the load costs what its producer costs
+    while not producer.done() or sent:
+        await asyncio.sleep(RESULTS_AFTER_POLL_S if phase.results_after else RESULT_POLL_S)
+        await record(bench, phase, sent, list(itertools.islice(sent, POLL_WINDOW)))
+        if time.monotonic() - started - phase.sending_s > RESULTS_TIMEOUT_S:
+            raise RuntimeError(f"{len(sent)} results missing after {RESULTS_TIMEOUT_S:g}s")
     await producer
     phase.harness_core = (time.process_time() - cpu) / (time.monotonic() - started)
 
 
-async def notified(notices: PubSub, sent: dict[str, float]) -> list[str]:
-    """Ids of sent jobs named by the done notices that arrive within a tenth of a second."""
-    message = await notices.get_message(ignore_subscribe_messages=True, timeout=0.1)
-    ids = []
-    while message is not None:
-        if (job_id := message["data"].decode()) in sent:
-            ids.append(job_id)
-        message = await notices.get_message(ignore_subscribe_messages=True, timeout=0)
-    return ids
-
-
 async def record(bench: Bench, phase: Phase, sent: dict[str, float], ids: list[str]) -> None:
-    """The latency and outcome of each of `ids` whose result exists now."""
+    """The latency and outcome of each of `ids` whose result exists now: until it was seen, or
+    with `results_after`, until the replica finished it (arq's `ft`, ms since the epoch)."""
     found = await bench.redis.mget([result_key_prefix + i for i in ids]) if ids else []
-    seen = time.monotonic()
-    for job_id, result in zip(ids, found, strict=True):
-        if result is not None and job_id in sent:
-            phase.latencies_ms.append((seen - sent.pop(job_id)) * 1000)
-            phase.failed += not json.loads(result)["s"]
+    seen, epoch = time.monotonic(), time.time() - time.monotonic()
+    for job_id, raw in zip(ids, found, strict=True):
+        if raw is not None and job_id in sent:
+            result = json.loads(raw)
+            done = result["ft"] / 1000 - epoch if phase.results_after else seen
+            phase.latencies_ms.append((done - sent.pop(job_id)) * 1000)
+            phase.failed += not result["s"]
 
 
 async def batch(bench: Bench, queue: str, label: str) -> asyncio.Task[Any]:
@@ -176,7 +160,7 @@ async def during_batch(bench: Bench, queue: str, phase: Phase) -> None:
 async def batch_rate(bench: Bench, queue: str, loaded: bool) -> tuple[Outcome, Phase]:
     """`totals --all` from an empty order_totals, alone or under place_order at LOAD_RATE."""
     await truncate_totals(bench.engine)
-    phase = Phase("place_order", LOAD_RATE, loaded, endless=True, by_notice=True)
+    phase = Phase("place_order", LOAD_RATE, loaded, endless=True, results_after=True)
     load = asyncio.create_task(run_phase(bench, queue, phase)) if loaded else None
     cli = await batch(bench, queue, f"lat-batch-{'loaded' if loaded else 'alone'}")
     computed, seconds = await batch_done(cli, phase)
@@ -275,6 +259,7 @@ def other_rows(pairs: list[BatchPair], cpu: list[float]) -> list[Row]:
     pair = sorted(pairs, key=lambda pair: pair.ratio)[len(pairs) // 2]
     alone, loaded, load = pair.alone, pair.loaded, pair.phases[1]
     loaded_note = f"{len(load.job_ids):,} place_order sent, p99 {percentiles(load)[99]:.1f} ms"
+    loaded_note += f" to their finish; their producer {load.harness_core:.0%} of a core"
     loaded_note += f"; the median of {len(pairs)} pairs, alone then loaded: {ratios}"
     return [
         rate_row("`totals --all`, 2 replicas, alone", alone, "orders", "CLI wall time"),
