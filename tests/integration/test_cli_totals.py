@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
+import pty
 import subprocess
+import sys
+import threading
 from decimal import Decimal
 from pathlib import Path
 
@@ -14,7 +19,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from db.seed import generate_orders
-from tests.conftest import StartWorker, cli_env, poll_until, queued_ids, run_cli
+from tests.conftest import REPO_ROOT, StartWorker, cli_env, poll_until, queued_ids, run_cli
 from worker.settings import Settings
 
 SUMMARY_FIELDS = {"batch_id", "state", "requested", "computed", "missing", "failed", "total_sum"}
@@ -126,6 +131,45 @@ async def test_totals_reads_ids_split_by_commas_and_newlines_from_a_file_without
     # stderr is a pipe, not a TTY: no progress bar.
     assert not set(result.stderr) & set(BAR_CHARACTERS), result.stderr
     assert set(await stored_totals(sessionmaker)) == {1, 2, 3}
+
+
+def run_with_terminal_stderr(*args: str, env: dict[str, str]) -> tuple[int, str, str]:
+    """`orderworker ARGS` as in a terminal whose stdout is piped on (`totals --json | jq`):
+    stderr a pseudo-terminal; the exit code, stdout, and what the terminal was sent."""
+    terminal_end, child_end = pty.openpty()
+    sent = bytearray()
+
+    def read_terminal() -> None:
+        with contextlib.suppress(OSError):  # EIO once the child's end is closed
+            while chunk := os.read(terminal_end, 65536):
+                sent.extend(chunk)
+
+    command = [sys.executable, "-m", "worker", *args]
+    with subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=child_end, env=env, cwd=REPO_ROOT
+    ) as process:
+        os.close(child_end)
+        reader = threading.Thread(target=read_terminal)
+        reader.start()  # drained as it comes, or a full terminal buffer would stop the child
+        stdout, _ = process.communicate(timeout=120)
+        reader.join(timeout=10)
+    os.close(terminal_end)
+    return process.returncode, stdout.decode(), sent.decode(errors="replace")
+
+
+async def test_totals_draws_its_bar_on_a_terminal_stderr_and_keeps_stdout_for_the_summary(
+    settings: Settings, seeded: None, start_worker: StartWorker
+) -> None:
+    await start_worker()
+
+    code, stdout, terminal = await asyncio.to_thread(
+        run_with_terminal_stderr, "totals", "1", "2", "3", "--json", env=cli_env(settings)
+    )
+
+    assert code == 0, terminal
+    [line] = stdout.splitlines()  # the JSON summary alone, nothing of the bar
+    assert json.loads(line)["computed"] == 3
+    assert set(terminal) & set(BAR_CHARACTERS), terminal
 
 
 async def test_totals_all_computes_every_order_page_by_page(

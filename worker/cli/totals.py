@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from db.batches import BatchStatus, batch_status
@@ -269,6 +270,8 @@ class progress_bar:
             MofNCompleteColumn(),
             TextColumn("orders"),
             TimeElapsedColumn(),
+            # Never Rich's default, stdout: that is the summary's alone (`--json | jq`).
+            console=Console(stderr=True),
             transient=False,
         )
         self.task = self.progress.add_task("totals", total=requested)
