@@ -146,15 +146,26 @@ FAILED_CHUNKS = text(
     """
 )
 # A chunk is done once its sub-chunks account for all its ids, or once its job failed for good.
-CHUNKS_DONE = text(
-    """
+CHUNKS_OF_BATCH = """
     WITH accounted AS (
         SELECT job_id, sum(requested) AS requested FROM batch_subchunks
         WHERE batch_id = :batch_id GROUP BY job_id
+    ), chunk AS (
+        SELECT c.job_id, c.chunk_index, COALESCE(a.requested, 0) >= c.order_count
+            OR EXISTS (SELECT 1 FROM failed_jobs f WHERE f.job_id = c.job_id) AS done
+        FROM batch_chunks c LEFT JOIN accounted a ON a.job_id = c.job_id
+        WHERE c.batch_id = :batch_id
     )
-    SELECT count(*) FROM batch_chunks c LEFT JOIN accounted a ON a.job_id = c.job_id
-    WHERE c.batch_id = :batch_id AND (COALESCE(a.requested, 0) >= c.order_count
-        OR EXISTS (SELECT 1 FROM failed_jobs f WHERE f.job_id = c.job_id))
+"""
+CHUNKS_DONE = text(f"{CHUNKS_OF_BATCH} SELECT count(*) FROM chunk WHERE done")
+# Only once its submission ended, and a while ago: until then a chunk may be recorded here and not
+# yet enqueued (chunks are recorded first).
+UNFINISHED_CHUNKS = text(
+    f"""
+    {CHUNKS_OF_BATCH}
+    SELECT chunk.job_id FROM chunk JOIN batches b ON b.batch_id = :batch_id
+    WHERE NOT chunk.done AND b.sealed AND b.updated_at < now() - make_interval(secs => :quiet_s)
+    ORDER BY chunk.chunk_index
     """
 )
 RECENT = text(
@@ -209,6 +220,13 @@ async def _status(session: AsyncSession, batch_id: str) -> BatchStatus | None:
     lost = sum(max(0, int(row.order_count) - int(row.accounted)) for row in failed_rows)
     status.state = _state(batch.sealed, batch.requested, int(progress.accounted), lost, status)
     return status
+
+
+async def unfinished_chunks(session: AsyncSession, batch_id: str, quiet_s: float) -> list[str]:
+    """Job ids of the chunks of `batch_id` not done yet, once its submission has been over for
+    `quiet_s` (none before)."""
+    found = await session.scalars(UNFINISHED_CHUNKS, {"batch_id": batch_id, "quiet_s": quiet_s})
+    return list(found)
 
 
 def _state(sealed: bool, requested: int, accounted: int, lost: int, status: BatchStatus) -> State:

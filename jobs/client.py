@@ -202,6 +202,19 @@ class OrderClient:
                     found[job_id] = outcome_from_result(job_id, data)
         return found
 
+    async def unknown(self, job_ids: Sequence[str]) -> list[str]:
+        """Those of `job_ids` Redis holds neither as a job nor as a result: never enqueued here,
+        expired, or lost with Redis's data. A job keeps its key until its result is stored."""
+        missing: list[str] = []
+        for start in range(0, len(job_ids), PIPELINE_BATCH):
+            batch = job_ids[start : start + PIPELINE_BATCH]
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for job_id in batch:
+                    pipe.exists(job_key_prefix + job_id, result_key_prefix + job_id)
+                held = await pipe.execute()
+            missing += [job_id for job_id, keys in zip(batch, held, strict=True) if not keys]
+        return missing
+
     async def wait(self, job_id: str, timeout_s: float) -> JobOutcome:
         """The job's outcome once its done notice arrives (or the fallback read finds it)."""
         deadline = time.monotonic() + timeout_s

@@ -231,6 +231,64 @@ async def test_no_wait_records_a_queued_batch_that_status_follows_to_done(
     }
 
 
+async def test_status_says_a_batch_whose_chunk_jobs_redis_lost_cannot_finish(
+    settings: Settings, seeded: None, redis: Redis, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    """Redis restarted without its data (or the jobs expired): the batch stays queued in
+    PostgreSQL, but nothing will ever run it. A wait must not last forever."""
+    args = ("totals", "1", "2", "3", "4", "--chunk-size", "2", "--no-wait", "--json")
+    submitted = await cli(settings, *args)
+    assert submitted.returncode == 0, submitted.stderr
+    batch_id = json.loads(submitted.stdout)["batch_id"]
+    async with sessionmaker.begin() as session:  # submitted a minute ago
+        await session.execute(
+            text("UPDATE batches SET updated_at = now() - interval '1 minute' WHERE batch_id = :b"),
+            {"b": batch_id},
+        )
+    held = await cli(settings, "totals", "status", batch_id)
+    assert held.returncode == 0, held.stderr
+    assert "warning" not in held.stderr  # its jobs are still queued: nothing lost
+
+    lost_job = f"totals:{batch_id}:1"
+    assert lost_job in await queued_ids(redis, settings.queue_name)
+    await redis.delete(f"arq:job:{lost_job}")  # one of its two chunks, gone with Redis's data
+
+    status = await cli(settings, "totals", "status", batch_id)
+    assert status.returncode == 0, status.stderr
+    assert "queued" in status.stdout
+    lost = f"batch {batch_id} cannot finish: 1 of its chunk jobs are no longer in Redis"
+    assert f"orderworker: warning: {lost}" in status.stderr
+    assert lost_job in status.stderr
+    waited = await cli(settings, "totals", "status", batch_id, "--wait", "--json")  # no timeout
+    assert waited.returncode == 1  # not done, and never will be: the wait ends at once
+    assert json.loads(waited.stdout)["state"] == "queued"
+    assert lost in waited.stderr
+    assert "timeout" not in waited.stderr
+
+
+async def test_chunks_are_looked_for_in_redis_only_once_their_submission_is_over_a_while(
+    settings: Settings, seeded: None, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    """A submission records its chunks before it enqueues them: just sealed, a chunk not yet in
+    Redis is on its way, not lost."""
+    chunk = ChunkRecord(index=0, job_id="totals:on-its-way:0", order_count=2, order_ids=[1, 2])
+    async with sessionmaker.begin() as session:
+        await register_chunks(session, "on-its-way", [chunk], seal=True)  # never enqueued
+
+    just_sealed = await cli(settings, "totals", "status", "on-its-way")
+    assert just_sealed.returncode == 0, just_sealed.stderr
+    assert "warning" not in just_sealed.stderr
+    async with sessionmaker.begin() as session:
+        await session.execute(
+            text(
+                "UPDATE batches SET updated_at = now() - interval '6 seconds'"
+                " WHERE batch_id = 'on-its-way'"
+            )
+        )
+    later = await cli(settings, "totals", "status", "on-its-way")
+    assert "batch on-its-way cannot finish: 1 of its chunk jobs" in later.stderr
+
+
 async def test_ctrl_c_names_the_batch_and_its_chunks_still_complete(
     settings: Settings, seeded: None, redis: Redis, worker_processes: StartProcess
 ) -> None:

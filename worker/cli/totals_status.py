@@ -6,14 +6,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import time
+from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 import typer
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from typer.core import TyperCommand, TyperGroup
 
-from db.batches import BatchStatus, batch_status
+from db.batches import BatchStatus, batch_status, unfinished_chunks
 from db.engine import create_sessionmaker
+from jobs.client import OrderClient
 from jobs.connection import REDIS_ERRORS
 from worker.cli.exits import (
     EXIT_FAILED,
@@ -31,6 +35,8 @@ from worker.settings import Settings
 SUBMIT = "submit"  # the hidden name of `totals ORDER_ID...`
 STATUS_POLL_S = 0.5  # a waiting status reads the database this often
 UNKNOWN_BATCH = "unknown_batch"  # no batch has the id given
+LOST_CHECK_S = 5.0  # a waiting status looks for chunks Redis lost this often
+SUBMITTED_QUIET_S = 5.0  # chunks are looked for in Redis once their submission is this old
 
 
 class TotalsGroup(TyperGroup):
@@ -73,9 +79,10 @@ def totals_status(
 ) -> None:
     """How a batch stands (or ended), from PostgreSQL, long after its results left Redis."""
     try:
-        status = run_async(read_status(settings, batch_id, wait, timeout))
+        reading = run_async(read_status(settings, batch_id, wait, timeout))
     except KeyboardInterrupt:
         fail(f"batch {batch_id} is not affected", EXIT_INTERRUPTED)
+    status = reading.status
     if status is None:
         message = f"no batch {batch_id!r} (its id is printed by `orderworker totals`)"
         raise UsageError(message, UNKNOWN_BATCH)
@@ -85,40 +92,73 @@ def totals_status(
         typer.echo(describe_status(status))
         for failure in status.failed:
             typer.echo(f"  failed: {failed_chunk(failure)}")
-    if wait and not status.finished:
+    if reading.lost:
+        typer.echo(f"orderworker: warning: {describe_lost(batch_id, reading.lost)}", err=True)
+    elif wait and not status.finished:
         typer.echo(f"orderworker: timeout: batch {batch_id} not done within {timeout:g}s", err=True)
     if status.state == "failed" or (wait and not status.finished):
         raise typer.Exit(EXIT_FAILED)
 
 
+@dataclass(slots=True)
+class Reading:
+    status: BatchStatus | None
+    lost: list[str] = field(default_factory=list)  # unfinished chunks Redis no longer holds
+
+
 async def read_status(
     settings: Settings, batch_id: str, wait: bool, timeout_s: float | None
-) -> BatchStatus | None:
-    """The batch's status; with `wait`, once it is done (or the timeout ran out)."""
+) -> Reading:
+    """The batch's status; with `wait`, once it is done, cannot be (chunks lost), or the timeout
+    ran out."""
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     async with database(settings) as engine, contextlib.AsyncExitStack() as stack:
         sessions = create_sessionmaker(engine)
-        watching = False
+        client: OrderClient | None = None
+        lost_checked = -math.inf
         while True:
             async with sessions() as session:
-                status = await batch_status(session, batch_id)
-            if status is None or status.finished or not wait:
-                return status
+                reading = Reading(await batch_status(session, batch_id))
+            if reading.status is None or reading.status.finished:
+                return reading
+            if client is None and settings.redis_url is not None:
+                client = await redis_client(settings, stack)
+                if client is not None and wait:  # it will wait: is anything running?
+                    await stack.enter_async_context(warn_without_replicas(client))
+            if client is not None and time.monotonic() - lost_checked >= LOST_CHECK_S:
+                reading.lost = await lost_chunks(client, sessions, batch_id)
+                lost_checked = time.monotonic()
             remaining = STATUS_POLL_S if deadline is None else deadline - time.monotonic()
-            if remaining <= 0:
-                return status
-            if not watching and settings.redis_url is not None:
-                await warn_while_waiting(settings, stack)  # it will wait: is anything running?
-                watching = True
+            if not wait or reading.lost or remaining <= 0:
+                return reading
             await asyncio.sleep(min(STATUS_POLL_S, remaining))
 
 
-async def warn_while_waiting(settings: Settings, stack: contextlib.AsyncExitStack) -> None:
-    """As `totals` does: one line if no replica reports. Only a hint: Redis may be down (the
-    producer reports that as a CommandError), and the status comes from PostgreSQL anyway."""
+async def redis_client(settings: Settings, stack: contextlib.AsyncExitStack) -> OrderClient | None:
+    """The producer, for hints only: Redis may be down (the producer reports that as a
+    CommandError), and the status comes from PostgreSQL anyway."""
     with contextlib.suppress(*REDIS_ERRORS, CommandError):
-        client = await stack.enter_async_context(producer(settings))
-        await stack.enter_async_context(warn_without_replicas(client))
+        return await stack.enter_async_context(producer(settings))
+    return None
+
+
+async def lost_chunks(
+    client: OrderClient, sessions: async_sessionmaker[AsyncSession], batch_id: str
+) -> list[str]:
+    """Unfinished chunk jobs that Redis holds neither queued nor finished: they will never run
+    (their keys expired, or went with Redis's data). A hint, so a Redis error means none."""
+    async with sessions() as session:
+        unfinished = await unfinished_chunks(session, batch_id, SUBMITTED_QUIET_S)
+    with contextlib.suppress(*REDIS_ERRORS):
+        return await client.unknown(unfinished)
+    return []
+
+
+def describe_lost(batch_id: str, lost: list[str]) -> str:
+    return (
+        f"batch {batch_id} cannot finish: {len(lost)} of its chunk jobs are no longer in Redis"
+        f" (expired, or lost with Redis's data), e.g. {lost[0]}; submit their orders again"
+    )
 
 
 def describe_status(status: BatchStatus) -> str:
