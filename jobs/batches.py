@@ -22,6 +22,8 @@ FALLBACK_WINDOW = 1000  # oldest chunk results read per fallback read
 ENQUEUE_IDS = 50_000  # order ids buffered per pipelined flush while paging
 READ_TIMEOUT_S = 5.0  # one read of chunk results, at most
 NAMED_CHUNK_IDS = 100  # a failed chunk up to this size is reported by its ids, else by its job id
+LOST_CHECK_S = 5.0  # how often a wait looks for chunks Redis no longer holds
+LOST = "job_lost"  # the error of a chunk Redis lost (with its data, or by expiry): it never runs
 
 
 @dataclass(slots=True)
@@ -158,6 +160,7 @@ class BatchRun:
             # Once subscribed, every result stored earlier is read once; later ones are notified.
             await self._read(list(self._pending))
             next_fallback = time.monotonic() + FALLBACK_READ_S
+            next_lost_check = time.monotonic() + LOST_CHECK_S
             while self._report(progress) and not self._timed_out(deadline):
                 now = time.monotonic()
                 until = next_fallback if deadline is None else min(next_fallback, deadline)
@@ -172,6 +175,9 @@ class BatchRun:
                     job_ids.extend(itertools.islice(self._pending, FALLBACK_WINDOW))
                     next_fallback = time.monotonic() + FALLBACK_READ_S
                 await self._read(list(dict.fromkeys(job_ids)))
+                if time.monotonic() >= next_lost_check:
+                    await self._give_up_lost()
+                    next_lost_check = time.monotonic() + LOST_CHECK_S
                 self._check_reachable(unreachable_s)
 
     async def _read(self, job_ids: list[str]) -> None:
@@ -196,10 +202,20 @@ class BatchRun:
                 self.summary.missing.extend(outcome.result["missing"])
                 self.summary.total_sum += Decimal(outcome.result["total_sum"])
             else:
-                where: dict[str, Any] = (
-                    {"order_ids": chunk} if isinstance(chunk, list) else {"job_id": job_id}
-                )
-                self.summary.failed.append({**where, "error": outcome.result})
+                self.summary.failed.append({**_where(job_id, chunk), "error": outcome.result})
+
+    async def _give_up_lost(self) -> None:
+        """Chunks Redis holds neither queued nor finished will never finish: failed, by name.
+        Their results are read before they are looked for, so a chunk just done is not lost."""
+        try:
+            async with asyncio.timeout(READ_TIMEOUT_S):
+                lost = await self.client.unknown(list(self._pending))
+        except REDIS_ERRORS:  # TimeoutError among them: looked for again later
+            return
+        message = "no longer in Redis (expired, or lost with Redis's data); submit its orders again"
+        for job_id in lost:
+            where = _where(job_id, self._pending.pop(job_id))
+            self.summary.failed.append({**where, "error": {"code": LOST, "message": message}})
 
     def _check_reachable(self, unreachable_s: float | None) -> None:
         since = self._unreachable_since
@@ -231,3 +247,8 @@ class BatchRun:
             )
         self._pending.clear()
         return True
+
+
+def _where(job_id: str, chunk: list[int] | int) -> dict[str, Any]:
+    """How a failed chunk is named: by its ids when it is small enough to list, else its job id."""
+    return {"order_ids": chunk} if isinstance(chunk, list) else {"job_id": job_id}

@@ -25,6 +25,7 @@ from worker.settings import Settings
 SUMMARY_FIELDS = {"batch_id", "state", "requested", "computed", "missing", "failed", "total_sum"}
 GENERATED_ORDERS = 3000
 BAR_CHARACTERS = "━█▏▎▍▌▋▊▉╸╺"
+LOST_MESSAGE = "no longer in Redis (expired, or lost with Redis's data); submit its orders again"
 
 
 async def totals(
@@ -278,3 +279,46 @@ async def test_totals_times_out_with_failed_chunks_when_no_worker_runs(
         f"totals:{batch_id}:1",
     ]
     assert {failure["error"]["code"] for failure in summary["failed"]} == {"timeout"}
+
+
+async def test_totals_stops_waiting_for_chunks_redis_lost_and_names_them(
+    settings: Settings, seeded: None, redis: Redis
+) -> None:
+    """Redis restarted without its data while `totals` waited (no replica had run the chunks):
+    nothing will ever finish them, so the wait ends with them failed, not at the timeout."""
+    command = [sys.executable, "-m", "worker", "totals", "1", "2", "3", "--chunk-size", "2"]
+    process = await asyncio.create_subprocess_exec(
+        *command,
+        "--timeout",
+        "120",
+        "--json",
+        env=cli_env(settings),
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+
+        async def both_queued() -> bool:
+            return len(await queued_ids(redis, settings.queue_name)) == 2
+
+        await poll_until(both_queued, "both chunk jobs queued")
+        lost = await queued_ids(redis, settings.queue_name)
+        await redis.delete(*(f"arq:job:{job_id}" for job_id in lost))
+        async with asyncio.timeout(60):
+            out, err = await process.communicate()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    stdout, stderr = out.decode(), err.decode()
+
+    assert process.returncode == 1, stderr
+    summary = json.loads(stdout)
+    assert summary["failed"] == [
+        {"order_ids": ids, "error": {"code": "job_lost", "message": LOST_MESSAGE}}
+        for ids in ([1, 2], [3])
+    ]
+    batch_id = summary["batch_id"]
+    assert f"batch {batch_id} cannot finish: 2 of its chunk jobs are no longer in Redis" in stderr
+    assert "timeout" not in stderr

@@ -22,7 +22,8 @@ from worker.cli.exits import UsageError, reports_errors
 from worker.cli.health_checks import live_replicas
 from worker.cli.resources import database, producer
 from worker.cli.runtime import configured, run_async
-from worker.cli.totals import describe_batch, run_batch
+from worker.cli.totals import run_batch
+from worker.cli.totals_lines import describe_batch
 from worker.harness.replicas import Replica, replica_env, stop_all
 from worker.harness.servers import LocalStack, missing_server_packages, state_dir
 from worker.settings import Settings

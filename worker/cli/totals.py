@@ -13,13 +13,11 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from db.batches import BatchStatus, batch_status
 from db.engine import create_sessionmaker
 from db.order_ids import largest_order_id, order_id_pages
-from jobs.batches import BatchRun, BatchSummary, ResultsUnreachableError, chunked
+from jobs.batches import LOST, BatchRun, BatchSummary, ResultsUnreachableError, chunked
 from jobs.client import OrderClient, new_batch_id
 from jobs.connection import REDIS_ERRORS
 from worker import health as heartbeats
@@ -28,6 +26,7 @@ from worker.cli.exits import EXIT_FAILED, EXIT_INTERRUPTED, UsageError, fail, re
 from worker.cli.numbers import ascii_int, cut_short, quoted
 from worker.cli.resources import database, producer
 from worker.cli.runtime import configured, run_async
+from worker.cli.totals_lines import chunk_name, describe_batch, describe_lost, progress_bar
 from worker.settings import Settings
 
 MAX_ORDER_ID = 2**63 - 1  # orders.id is a bigint
@@ -150,6 +149,9 @@ def submit_and_report(
         submitted = f"batch {summary.batch_id}: {summary.requested} orders in {summary.jobs} jobs"
         follow = follow_up(summary.batch_id)
         typer.echo(f"{submitted} submitted; follow it with: {follow}", err=as_json)
+    elif lost := [failure for failure in summary.failed if failure["error"]["code"] == LOST]:
+        lost_chunks = describe_lost(summary.batch_id, len(lost), chunk_name(lost[0]))
+        typer.echo(f"orderworker: warning: {lost_chunks}", err=True)
     elif summary.state in ("queued", "running"):  # the wait ran out: the batch runs on
         within = "" if timeout is None else f" within {timeout:g}s"
         typer.echo(
@@ -258,41 +260,3 @@ def without_error(failure: dict[str, Any]) -> dict[str, Any]:
 
 def follow_up(batch_id: str) -> str:
     return f"orderworker totals status {batch_id} --wait"
-
-
-class progress_bar:
-    """A rich progress bar on stderr, advanced from batch summaries."""
-
-    def __init__(self, requested: int) -> None:
-        self.progress = Progress(
-            TextColumn("totals"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("orders"),
-            TimeElapsedColumn(),
-            # Never Rich's default, stdout: that is the summary's alone (`--json | jq`).
-            console=Console(stderr=True),
-            transient=False,
-        )
-        self.task = self.progress.add_task("totals", total=requested)
-
-    def __enter__(self) -> Any:
-        self.progress.start()
-
-        def update(summary: BatchSummary) -> None:
-            done = summary.computed + len(summary.missing)
-            self.progress.update(self.task, completed=done)
-
-        return update
-
-    def __exit__(self, *exc: object) -> None:
-        self.progress.stop()
-
-
-def describe_batch(summary: BatchSummary) -> str:
-    rate = summary.computed / summary.elapsed_s if summary.elapsed_s else 0.0
-    return (
-        f"batch {summary.batch_id}: {summary.requested} requested, {summary.computed} computed, "
-        f"{len(summary.missing)} missing, {len(summary.failed)} failed jobs, "
-        f"total_sum {summary.total_sum:.2f} in {summary.elapsed_s:.2f}s ({rate:,.0f} orders/s)"
-    )

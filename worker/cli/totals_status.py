@@ -30,6 +30,7 @@ from worker.cli.exits import (
 from worker.cli.resources import database, producer
 from worker.cli.runtime import configured, run_async
 from worker.cli.totals import totals, warn_without_replicas
+from worker.cli.totals_lines import describe_lost, describe_status, failed_chunk
 from worker.settings import Settings
 
 SUBMIT = "submit"  # the hidden name of `totals ORDER_ID...`
@@ -93,7 +94,8 @@ def totals_status(
         for failure in status.failed:
             typer.echo(f"  failed: {failed_chunk(failure)}")
     if reading.lost:
-        typer.echo(f"orderworker: warning: {describe_lost(batch_id, reading.lost)}", err=True)
+        lost = describe_lost(batch_id, len(reading.lost), reading.lost[0])
+        typer.echo(f"orderworker: warning: {lost}", err=True)
     elif wait and not status.finished:
         typer.echo(f"orderworker: timeout: batch {batch_id} not done within {timeout:g}s", err=True)
     if status.state == "failed" or (wait and not status.finished):
@@ -152,23 +154,3 @@ async def lost_chunks(
     with contextlib.suppress(*REDIS_ERRORS):
         return await client.unknown(unfinished)
     return []
-
-
-def describe_lost(batch_id: str, lost: list[str]) -> str:
-    return (
-        f"batch {batch_id} cannot finish: {len(lost)} of its chunk jobs are no longer in Redis"
-        f" (expired, or lost with Redis's data), e.g. {lost[0]}; submit their orders again"
-    )
-
-
-def describe_status(status: BatchStatus) -> str:
-    return (
-        f"batch {status.batch_id}: {status.state}, {status.requested} requested, "
-        f"{status.computed} computed, {len(status.missing)} missing, "
-        f"{len(status.failed)} failed jobs, total_sum {status.total_sum:.2f}"
-    )
-
-
-def failed_chunk(failure: dict[str, Any]) -> str:
-    where = failure.get("job_id") or "orders " + ", ".join(map(str, failure["order_ids"]))
-    return f"{where}: {failure['error']['code']}: {failure['error']['message']}"
