@@ -117,13 +117,14 @@ async def read_status(
     async with database(settings) as engine, contextlib.AsyncExitStack() as stack:
         sessions = create_sessionmaker(engine)
         client: OrderClient | None = None
-        lost_checked = -math.inf
+        tried_redis, lost_checked = False, -math.inf
         while True:
             async with sessions() as session:
                 reading = Reading(await batch_status(session, batch_id))
             if reading.status is None or reading.status.finished:
                 return reading
-            if client is None and settings.redis_url is not None:
+            if not tried_redis and settings.redis_url is not None:
+                tried_redis = True  # once: an unreachable Redis only costs the hints
                 client = await redis_client(settings, stack)
                 if client is not None and wait:  # it will wait: is anything running?
                     await stack.enter_async_context(warn_without_replicas(client))
@@ -151,6 +152,7 @@ async def lost_chunks(
     (their keys expired, or went with Redis's data). A hint, so a Redis error means none."""
     async with sessions() as session:
         unfinished = await unfinished_chunks(session, batch_id, SUBMITTED_QUIET_S)
-    with contextlib.suppress(*REDIS_ERRORS):
-        return await client.unknown(unfinished)
+    with contextlib.suppress(*REDIS_ERRORS):  # TimeoutError among them
+        async with asyncio.timeout(LOST_CHECK_S):  # a frozen Redis answers nothing
+            return await client.unknown(unfinished)
     return []
