@@ -56,8 +56,8 @@ class Phase:
     harness_core: float = 0.0  # share of a core this process used, sending and polling
     stop: asyncio.Event = field(default_factory=asyncio.Event)  # sends no more once set
     endless: bool = False  # sends until `stop`, not for the phase's length
-    # Results read only once sending stops, each timed to its finish: a load, not a row. Reading
-    # them as they come (the 1 ms poll, or done notices) took a tenth of a core from the batch.
+    # Results read only once sending stops, each timed to its finish: a load, not a row, whose
+    # producer should cost no more than a producer (the latency rows' 1 ms poll: 10-25% of a core).
     results_after: bool = False
 
     @property
