@@ -24,7 +24,6 @@ class Results:
     sql_limits: dict[int, Outcome] = field(default_factory=dict)  # by the batch row it precedes
     batch: dict[int, Outcome] = field(default_factory=dict)
     ceiling: Outcome | None = None  # the replicas' sub-chunk statements with nothing around them
-    ceiling_sessions: int = 0
     submit: Outcome | None = None
     jobs: Outcome | None = None
     jobs_metrics: Outcome | None = None  # the jobs row again, with /metrics served and scraped
@@ -73,7 +72,7 @@ def checked(outcome: Outcome, note: str) -> str:
 def build_rows(results: Results, settings: Settings) -> list[Row]:
     submit = results.submit
     assert submit is not None
-    rows = _batch_rows(results) + _job_rows(results, settings)
+    rows = _batch_rows(results, settings) + _job_rows(results, settings)
     rows.append(
         rate_row(
             "CLI submit: `totals --all --no-wait` (no worker)",
@@ -87,7 +86,7 @@ def build_rows(results: Results, settings: Settings) -> list[Row]:
     return rows + _memory_rows(results)
 
 
-def _batch_rows(results: Results) -> list[Row]:
+def _batch_rows(results: Results, settings: Settings) -> list[Row]:
     """Each batch row after the SQL limit measured right before it, its baseline."""
     rows = []
     for replicas, outcome in sorted(results.batch.items()):
@@ -108,7 +107,7 @@ def _batch_rows(results: Results) -> list[Row]:
         ]
     if results.ceiling is not None and results.sql_limits:
         limit = results.sql_limits[max(results.sql_limits)]
-        sessions = results.ceiling_sessions
+        sessions = settings.database.batch_connection_count()  # as bench/run.py measured it
         ratio = results.ceiling.rate / limit.rate
         note = "no queue, replica or CLI: what the batch rows can reach; against the last SQL limit"
         rows.append(

@@ -132,7 +132,6 @@ async def measure_all(bench: Bench, args: argparse.Namespace, results: Results) 
     connections = settings.database.batch_connection_count()
     ceiling = measure.subchunk_ceiling(bench, connections, settings.totals.subchunk_size)
     results.ceiling = await measured(f"sub-chunk statements alone, {connections} sessions", ceiling)
-    results.ceiling_sessions = connections
     results.submit = await measured("CLI submit rate (no worker)", measure.cli_submit(bench))
     jobs = args.jobs
     single = drain.single_jobs(bench, "jobs", jobs, "compute_order_total", ["worker", "worker"])

@@ -17,6 +17,7 @@ from typer.core import TyperCommand, TyperGroup
 
 from db.batches import BatchStatus, batch_status, unfinished_chunks
 from db.engine import create_sessionmaker
+from jobs.batches import LOST_CHECK_S
 from jobs.client import OrderClient
 from jobs.connection import REDIS_ERRORS
 from worker.cli.exits import (
@@ -36,7 +37,6 @@ from worker.settings import Settings
 SUBMIT = "submit"  # the hidden name of `totals ORDER_ID...`
 STATUS_POLL_S = 0.5  # a waiting status reads the database this often
 UNKNOWN_BATCH = "unknown_batch"  # no batch has the id given
-LOST_CHECK_S = 5.0  # a waiting status looks for chunks Redis lost this often
 SUBMITTED_QUIET_S = 5.0  # chunks are looked for in Redis once their submission is this old
 
 
